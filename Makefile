@@ -1,0 +1,32 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# Each creates .venv (Python 3.11+) and installs the project into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench install
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Start Redis, an S3+SQS server, Flower, the producer and both workers on loopback; upload synthetic
+## images; print their results. Pass flags with ARGS, e.g. `make demo ARGS=--stay-up`.
+demo: $(BIN)/.installed
+	$(BIN)/vehicle-demo $(ARGS)
+
+## The whole test suite, the slow and integration tests included (they start their own servers).
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile.gpu
+	$(BIN)/check-jsonschema --schemafile vehicle_core/schemas/compose-spec.json docker-compose.yml
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m vehicle_core.bench $(ARGS)

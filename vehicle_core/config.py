@@ -1,0 +1,299 @@
+"""One typed settings object, read from ``defaults.yaml``, ``$VP_CONFIG`` and ``VP_*`` variables.
+
+The defaults and the comment on every key live in ``vehicle_core/defaults.yaml``; the dataclasses
+below only give each key its type. Build settings with :func:`load_settings`; build a component from
+them with its ``from_settings`` classmethod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vehicle_core.errors import ConfigError
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+ENV_PREFIX = "VP_"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    endpoint_url: str | None
+    region: str
+    max_attempts: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    max_pixels: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    backend: str
+    model: str
+    device: str
+    score_threshold: float
+    min_box_size: float
+    max_vehicles: int
+    vehicle_classes: list[str]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    margin: float
+    square: bool
+    mask_background: bool
+    fill_value: int
+    size: int
+    jpeg_quality: int
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    model: str | None
+    registry: str | None
+    batch_size: int
+    top_k: int
+    device: str
+
+
+@dataclass(frozen=True)
+class ResultSettings:
+    bucket: str | None
+    prefix: str
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str
+    result_backend: str | None
+    visibility_timeout_s: int
+    detect_queue: str
+    classify_queue: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    prefetch_multiplier: int
+    batch_flush_every: int
+    batch_flush_interval_s: float
+    max_retries: int
+    retry_backoff_max_s: int
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    queue_url: str | None
+    wait_time_s: int
+    image_suffixes: list[str]
+    max_queue_depth: int
+    pause_poll_s: float
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    image_size: int
+    batch_size: int
+    head_epochs: int
+    finetune_epochs: int
+    head_learning_rate: float
+    finetune_learning_rate: float
+    finetune_layers: int
+    dropout: float
+    weight_decay: float
+    label_smoothing: float
+    augment: bool
+    class_weights: bool
+    early_stopping_patience: int
+    imagenet_weights: str | None
+    mixed_precision: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    port: int
+    basic_auth: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    images: ImageSettings
+    detector: DetectorSettings
+    crop: CropSettings
+    classifier: ClassifierSettings
+    results: ResultSettings
+    broker: BrokerSettings
+    worker: WorkerSettings
+    producer: ProducerSettings
+    training: TrainingSettings
+    flower: FlowerSettings
+    #: Where each setting came from, for start-up logs (``"detector.model": "env"``); not a setting.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def replace(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some keys changed: ``settings.replace(detector={"score_threshold": 0.3})``."""
+        raw = self.to_dict()
+        for section, values in sections.items():
+            _merge(raw, {section: values}, origin="code", sources={})
+        return _build(raw, dict(self.sources))
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw.pop("sources")
+        return raw
+
+
+# Range checks beyond types: key -> (predicate, what it must be).
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "detector.backend": (lambda v: v in ("torchvision", "detectron2"), "torchvision or detectron2"),
+    "detector.score_threshold": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
+    "detector.max_vehicles": (lambda v: v >= 1, "at least 1"),
+    "detector.batch_size": (lambda v: v >= 1, "at least 1"),
+    "classifier.batch_size": (lambda v: v >= 1, "at least 1"),
+    "classifier.top_k": (lambda v: v >= 1, "at least 1"),
+    "crop.margin": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
+    "crop.fill_value": (lambda v: 0 <= v <= 255, "between 0 and 255"),
+    "crop.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
+    "crop.size": (lambda v: v >= 16, "at least 16"),
+    "images.max_pixels": (lambda v: v > 0, "positive"),
+    "images.max_bytes": (lambda v: v > 0, "positive"),
+    "producer.wait_time_s": (lambda v: 0 <= v <= 20, "between 0 and 20 (SQS limit)"),
+    "training.mixed_precision": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
+    "training.dropout": (lambda v: 0.0 <= v < 1.0, "between 0 and 1"),
+    "results.prefix": (lambda v: bool(v), "a non-empty prefix (results must never overwrite inputs)"),
+}
+
+
+def load_settings(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read the defaults, then ``path`` (or ``$VP_CONFIG``), then ``VP_SECTION__KEY`` variables."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    raw = _read_yaml(DEFAULTS_PATH)
+    for key in _flatten(raw):
+        sources[key] = "default"
+    path = path or env.get("VP_CONFIG")
+    if path:
+        _merge(raw, _read_yaml(Path(path)), origin=str(path), sources=sources)
+    _merge(raw, _env_overrides(env), origin="env", sources=sources)
+    return _build(raw, sources)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"settings file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping of sections")
+    return data
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "VP_CONFIG":
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: cannot parse {text!r}: {exc}") from exc
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], *, origin: str, sources: dict[str, str]) -> None:
+    for section, values in update.items():
+        if section not in base:
+            raise ConfigError(f"unknown settings section {section!r} (from {origin}); known: {sorted(base)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"settings section {section!r} (from {origin}) must be a mapping")
+        for key, value in values.items():
+            if key not in base[section]:
+                raise ConfigError(
+                    f"unknown setting {section}.{key} (from {origin}); known in {section}: {sorted(base[section])}"
+                )
+            base[section][key] = value
+            sources[f"{section}.{key}"] = origin
+
+
+def _flatten(raw: dict[str, Any]) -> list[str]:
+    return [f"{section}.{key}" for section, values in raw.items() for key in values]
+
+
+def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
+    sections = {}
+    hints = typing.get_type_hints(Settings)
+    for section_field in dataclasses.fields(Settings):
+        if section_field.name == "sources":
+            continue
+        cls = hints[section_field.name]
+        values = raw.get(section_field.name, {})
+        sections[section_field.name] = _build_section(section_field.name, cls, values)
+    return Settings(**sections, sources=sources)
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        name = f"{section}.{f.name}"
+        if f.name not in values:
+            raise ConfigError(f"setting {name} is missing")
+        value = _coerce(name, values[f.name], hints[f.name])
+        check = _CHECKS.get(name)
+        if check and not check[0](value):
+            raise ConfigError(f"setting {name}={value!r} must be {check[1]}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"setting {name} must be a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"setting {name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"setting {name} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"setting {name} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"setting {name} must be a string, got {value!r}")
+    raise ConfigError(f"setting {name} has an unsupported type {hint!r}")  # a bug in this module

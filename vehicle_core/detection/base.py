@@ -1,0 +1,100 @@
+"""The detector interface, the backend registry and the post-processing every backend shares."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from vehicle_core.errors import ConfigError
+from vehicle_core.results import Detection, ModelInfo
+
+if TYPE_CHECKING:
+    from vehicle_core.config import DetectorSettings, StorageSettings
+
+
+class Detector(Protocol):
+    """Finds vehicles in a batch of upright RGB uint8 images (H x W x 3)."""
+
+    info: ModelInfo  # name and version, copied into every result
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]: ...
+
+
+class Registry:
+    """Name -> factory, in the manner of detectron2's ``Registry``."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._factories: dict[str, Callable[..., Detector]] = {}
+        # Backends live in modules that import heavy frameworks; import them only when asked for.
+        self._lazy: dict[str, str] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Detector]], Callable[..., Detector]]:
+        def deco(factory: Callable[..., Detector]) -> Callable[..., Detector]:
+            self._factories[name] = factory
+            return factory
+
+        return deco
+
+    def register_lazy(self, name: str, module: str) -> None:
+        self._lazy[name] = module
+
+    def get(self, name: str) -> Callable[..., Detector]:
+        if name not in self._factories and name in self._lazy:
+            importlib.import_module(self._lazy[name])
+        try:
+            return self._factories[name]
+        except KeyError:
+            known = sorted(set(self._factories) | set(self._lazy))
+            raise ConfigError(f"unknown {self._what} {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(set(self._factories) | set(self._lazy))
+
+
+DETECTOR_REGISTRY = Registry("detector.backend")
+DETECTOR_REGISTRY.register_lazy("torchvision", "vehicle_core.detection.torchvision_backend")
+DETECTOR_REGISTRY.register_lazy("detectron2", "vehicle_core.detection.detectron2_backend")
+
+
+def build_detector(settings: DetectorSettings, storage: StorageSettings) -> Detector:
+    """Build the backend ``settings.backend`` names, weights loaded, ready to ``detect``."""
+    return DETECTOR_REGISTRY.get(settings.backend)(settings, storage)
+
+
+def filter_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    masks: np.ndarray | None,
+    *,
+    vehicle_classes: Sequence[str],
+    score_threshold: float,
+    min_box_size: float,
+    max_vehicles: int,
+    image_size: tuple[int, int],
+) -> list[Detection]:
+    """Keep vehicles only: wanted class, score, size; clip boxes to the image; best score first.
+
+    ``boxes`` is N x 4 (x1, y1, x2, y2), ``masks`` N x H x W bool or None, ``image_size`` (height, width).
+    """
+    height, width = image_size
+    wanted = set(vehicle_classes)
+    kept: list[Detection] = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        score = float(scores[i])
+        if score < score_threshold or labels[i] not in wanted:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+        if min(x2 - x1, y2 - y1) < min_box_size:
+            continue
+        mask = None if masks is None else np.asarray(masks[i], dtype=bool)
+        kept.append(Detection(box=(x1, y1, x2, y2), score=score, label=labels[i], mask=mask))
+        if len(kept) >= max_vehicles:
+            break
+    return kept

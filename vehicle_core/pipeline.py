@@ -1,0 +1,188 @@
+"""Bytes in, :class:`ImageResult` out: decode -> detect -> crop -> classify.
+
+The work splits into two stages so that workers can run them in separate processes (PyTorch for the
+detector, TensorFlow for the classifier) and hand each other a compact :class:`CropSet`:
+
+    stage1 = DetectStage.from_settings(settings)          # loads the detector once
+    crop_sets = stage1.run([(data, source), ...])         # decode, detect, crop; never raises for bad input
+    stage2 = ClassifyStage.from_settings(settings)        # loads the classifier once
+    results = stage2.run(crop_sets)                       # list[ImageResult]
+
+:class:`VehiclePipeline` chains both in one process: ``VehiclePipeline.from_settings(s).process(data)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vehicle_core.config import CropSettings, ImageSettings, Settings
+from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
+from vehicle_core.errors import InvalidInputError
+from vehicle_core.images import decode_image
+from vehicle_core.results import (
+    STATUS_ERROR,
+    Detection,
+    ImageResult,
+    ModelInfo,
+    SourceRef,
+    VehicleResult,
+)
+
+
+@dataclass
+class CropSet:
+    """What the detect stage hands the classify stage for one image: boxes plus encoded crops.
+
+    ``to_message()`` is plain JSON (crops as base64 JPEG, a few KB each), so it travels in a
+    Celery message without touching S3 again.
+    """
+
+    source: SourceRef
+    detections: list[Detection] = field(default_factory=list)
+    crops: list[bytes] = field(default_factory=list)  # encoded JPEG, one per detection
+    image_size: tuple[int, int] | None = None  # width, height
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: dict[str, str] | None = None  # set when the image could not be read; no crops then
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "source": self.source.to_dict(),
+            "detections": [{"box": list(d.box), "score": d.score, "label": d.label} for d in self.detections],
+            "crops": [base64.b64encode(c).decode("ascii") for c in self.crops],
+            "image_size": list(self.image_size) if self.image_size else None,
+            "models": {role: info.to_dict() for role, info in self.models.items()},
+            "timings_ms": self.timings_ms,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> CropSet:
+        return cls(
+            source=SourceRef.from_dict(msg["source"]),
+            detections=[
+                Detection(box=tuple(d["box"]), score=d["score"], label=d["label"]) for d in msg["detections"]
+            ],
+            crops=[base64.b64decode(c) for c in msg["crops"]],
+            image_size=tuple(msg["image_size"]) if msg.get("image_size") else None,
+            models={role: ModelInfo(**info) for role, info in msg.get("models", {}).items()},
+            timings_ms=dict(msg.get("timings_ms", {})),
+            error=msg.get("error"),
+        )
+
+
+class DetectStage:
+    """Decode, detect and crop a batch of images. Bad images become a ``CropSet`` with ``error``."""
+
+    def __init__(self, *, detector, images: ImageSettings, crop: CropSettings) -> None:
+        self.detector = detector
+        self.image_settings = images
+        self.crop_settings = crop
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DetectStage:
+        from vehicle_core.detection import build_detector
+
+        return cls(
+            detector=build_detector(settings.detector, settings.storage),
+            images=settings.images,
+            crop=settings.crop,
+        )
+
+    def run(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[CropSet]:
+        out: list[CropSet] = [CropSet(source=src) for _, src in items]
+        decoded: list[tuple[int, np.ndarray]] = []
+        for i, (data, _) in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                pixels = decode_image(data, self.image_settings)
+            except InvalidInputError as exc:
+                out[i].error = exc.to_dict()
+                continue
+            out[i].timings_ms["decode"] = _ms_since(t0)
+            out[i].image_size = (int(pixels.shape[1]), int(pixels.shape[0]))
+            decoded.append((i, pixels))
+        if decoded:
+            t0 = time.perf_counter()
+            detections = self.detector.detect([px for _, px in decoded])
+            per_image_ms = _ms_since(t0) / len(decoded)
+            for (i, pixels), found in zip(decoded, detections, strict=True):
+                t1 = time.perf_counter()
+                crops = crop_vehicles(pixels, found, self.crop_settings)
+                out[i].detections = list(found)
+                out[i].crops = [encode_crop(c, self.crop_settings) for c in crops]
+                out[i].timings_ms["detect"] = per_image_ms
+                out[i].timings_ms["crop"] = _ms_since(t1)
+        for crop_set in out:
+            crop_set.models["detector"] = self.detector.info
+        return out
+
+
+class ClassifyStage:
+    """Classify the crops of many images in shared batches and assemble their results."""
+
+    def __init__(self, *, classifier) -> None:
+        self.classifier = classifier
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClassifyStage:
+        from vehicle_core.classifier import load_classifier
+
+        return cls(classifier=load_classifier(settings.classifier, settings.storage))
+
+    def run(self, crop_sets: Sequence[CropSet]) -> list[ImageResult]:
+        flat = [(i, j) for i, cs in enumerate(crop_sets) if not cs.error for j in range(len(cs.crops))]
+        t0 = time.perf_counter()
+        pixels = [decode_crop(crop_sets[i].crops[j]) for i, j in flat]
+        answers = self.classifier.classify(pixels) if pixels else []
+        per_crop_ms = _ms_since(t0) / max(1, len(flat))
+        vehicles: dict[int, list[VehicleResult]] = {i: [] for i in range(len(crop_sets))}
+        for (i, j), answer in zip(flat, answers, strict=True):
+            vehicles[i].append(VehicleResult.combine(crop_sets[i].detections[j], answer))
+        results = []
+        for i, cs in enumerate(crop_sets):
+            models = {**cs.models, "classifier": self.classifier.info}
+            timings = dict(cs.timings_ms)
+            common = {"models": models, "image_size": cs.image_size}
+            if cs.error:
+                results.append(
+                    ImageResult(source=cs.source, status=STATUS_ERROR, error=cs.error, timings_ms=timings, **common)
+                )
+                continue
+            timings["classify"] = per_crop_ms * len(cs.crops)
+            results.append(ImageResult.from_vehicles(cs.source, vehicles[i], timings_ms=timings, **common))
+        return results
+
+
+class VehiclePipeline:
+    """Both stages in one process: the library's one-call entry point."""
+
+    def __init__(self, *, detect: DetectStage, classify: ClassifyStage) -> None:
+        self.detect_stage = detect
+        self.classify_stage = classify
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VehiclePipeline:
+        return cls(detect=DetectStage.from_settings(settings), classify=ClassifyStage.from_settings(settings))
+
+    def process(self, data: bytes, source: SourceRef | None = None) -> ImageResult:
+        """Turn the bytes of one image into its result document (never raises for bad input)."""
+        return self.process_many([(data, source or SourceRef(bucket="local", key="image"))])[0]
+
+    def process_many(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[ImageResult]:
+        t0 = time.perf_counter()
+        results = self.classify_stage.run(self.detect_stage.run(items))
+        total = _ms_since(t0) / max(1, len(items))
+        for r in results:
+            r.timings_ms["total"] = total
+        return results
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
