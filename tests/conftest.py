@@ -18,3 +18,6 @@ def skip_or_fail(reason: str) -> None:
     if CI:
         pytest.fail(reason)
     pytest.skip(reason)
+
+# Model fixtures (a small real classifier artifact, ...) live in their own plugin module.
+pytest_plugins = ["tests.fixtures_models"]

@@ -1,0 +1,1 @@
+"""Session fixtures that build small real models for tests (filled in with the classifier)."""
