@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 
 ## The whole test suite, the slow and integration tests included (they start their own servers).
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(BIN)/.installed

@@ -94,5 +94,6 @@ ERROR_CODES = (
     ImageTooLargeError.code,
     SourceNotFoundError.code,
     InvalidInputError.code,
+    StorageUnavailableError.code,  # transient, written only once every retry failed
     VehiclePipelineError.code,
 )
