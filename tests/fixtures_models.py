@@ -32,3 +32,36 @@ def _synthetic_class_names() -> list[str]:
     except ImportError:  # the generator lands in parallel; its announced class names until then
         return ["bus", "motorcycle", "pickup", "sedan", "suv", "truck"]
     return list(CLASSES)
+
+
+def write_labelled_images(root: Path, *, per_class: int, size: int = 40, seed: int = 0) -> dict[str, list[Path]]:
+    """PNG files in ``root/<label>/``: two easily told apart classes ("red" bar, "blue" disc) on noise.
+
+    Real encoded images (OpenCV), so the reader's real decoding runs; returns the files per label.
+    """
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+    for label in ("blue", "red"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 80, (size, size + 8, 3), dtype=np.uint8)
+            if label == "red":
+                cv2.rectangle(image, (6, 10), (size, size - 10), (40, 40, 230), -1)  # BGR
+            else:
+                cv2.circle(image, (size // 2, size // 2), size // 3, (230, 60, 40), -1)
+            path = root / label / f"{i:03d}.png"
+            cv2.imwrite(str(path), image)
+            out.setdefault(label, []).append(path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory) -> Path:
+    """A local dataset in the split/label layout: train (12 per class) and val (4 per class)."""
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    write_labelled_images(root / "train", per_class=12, seed=1)
+    write_labelled_images(root / "val", per_class=4, seed=2)
+    return root
