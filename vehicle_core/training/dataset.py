@@ -75,7 +75,7 @@ class DatasetIndex:
 
 
 class ObjectReader:
-    """Reads bytes of ``s3://`` URIs or local paths; optional local cache (keyed by URI) for re-reads."""
+    """Reads (and writes) bytes of ``s3://`` URIs or local paths; optional local cache for re-reads."""
 
     def __init__(self, storage: StorageSettings | None = None, cache_dir: str | Path | None = None) -> None:
         self.storage = storage
@@ -105,6 +105,17 @@ class ObjectReader:
             tmp.write_bytes(data)
             tmp.replace(cached)  # atomic: a parallel reader never sees half a file
         return data
+
+    def write(self, uri: str, data: bytes) -> None:
+        """Store ``data`` at an ``s3://`` URI or a local path (parent folders created)."""
+        if not uri.startswith("s3://"):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            Path(uri).write_bytes(data)
+            return
+        from vehicle_core.storage import parse_s3_uri
+
+        bucket, key = parse_s3_uri(uri)
+        self._client().put_object(Bucket=bucket, Key=key, Body=data)
 
     def list(self, root: str) -> Iterable[str]:
         """Every key (as a full URI/path) under ``root``, folder markers (ending in '/') included."""

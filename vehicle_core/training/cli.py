@@ -1,0 +1,162 @@
+"""``vehicle-train``: the classifier's research loop from the command line.
+
+    vehicle-train make-synthetic s3://b/synth --per-class 200          # labelled synthetic crops
+    vehicle-train make-synthetic s3://b/scenes --scenes 600            # cluttered scenes + boxes
+    vehicle-train crop s3://b/scenes s3://b/scenes-crops [--ground-truth]
+    vehicle-train train s3://b/synth --run-dir runs/a [--version V]    # training.* settings apply
+    vehicle-train evaluate runs/a/artifact s3://b/synth --out reports/a [--upload s3://b/reports/a]
+    vehicle-train publish runs/a/artifact s3://b/models/classifier
+    vehicle-train compare reports/a reports/b
+    vehicle-train quickstart --bucket b                                # all of it, end to end
+
+Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
+Exit status 0 on success, 2 on a configuration, model or data problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vehicle_core.config import load_settings
+from vehicle_core.errors import VehiclePipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vehicle-train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the built-in defaults)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("make-synthetic", help="write a labelled synthetic dataset (crops, or --scenes N)")
+    s.add_argument("root", help="s3://bucket/prefix or a local folder")
+    s.add_argument("--per-class", type=int, default=200, help="crops per class")
+    s.add_argument("--scenes", type=int, default=0, help="write N cluttered scenes instead of crops")
+    s.add_argument("--scale", type=float, nargs=2, default=(0.12, 0.3), help="scene vehicle length / width")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("crop", help="detector crops of a dataset, same layout")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--ground-truth", action="store_true", help="boxes from annotations.jsonl, not the detector")
+
+    s = sub.add_parser("train", help="train a classifier; the artifact lands in RUN_DIR/artifact")
+    s.add_argument("data", help="dataset root (split/label layout) or a .csv manifest")
+    s.add_argument("--run-dir", required=True, help="logs, checkpoints, backup (rerun to resume)")
+    s.add_argument("--version", help="artifact version (default: UTC time)")
+    s.add_argument("--cache-dir", help="keep fetched images here for later epochs/runs")
+
+    s = sub.add_parser("evaluate", help="report on a split: Markdown/HTML, confusion matrix, mistakes")
+    s.add_argument("artifact")
+    s.add_argument("data")
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", required=True, help="local report folder")
+    s.add_argument("--upload", help="also copy the report to this s3:// prefix")
+
+    s = sub.add_parser("publish", help="upload an artifact to the registry and make it current")
+    s.add_argument("artifact")
+    s.add_argument("registry", nargs="?", help="s3://bucket/models/classifier (default: classifier.registry)")
+    s.add_argument("--no-current", action="store_true", help="upload only; leave the pointer alone")
+
+    s = sub.add_parser("compare", help="a table of several reports (folders holding metrics.json)")
+    s.add_argument("reports", nargs="+")
+
+    s = sub.add_parser("quickstart", help="synthetic data -> train -> evaluate -> publish, on S3")
+    s.add_argument("--bucket", required=True)
+    s.add_argument("--out", default="quickstart-out", help="local folder for the run and the report")
+    s.add_argument("--per-class", type=int, default=200)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings(args.config)
+        out = COMMANDS[args.command](args, settings)
+    except (VehiclePipelineError, ValueError, OSError) as exc:
+        print(f"vehicle-train {args.command}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    if out is not None:
+        print(out if isinstance(out, str) else json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _make_synthetic(args, settings):
+    from vehicle_core.training.dataset import ObjectReader
+    from vehicle_core.training.synth_data import write_crop_dataset, write_scene_dataset
+
+    store = ObjectReader(settings.storage)
+    if args.scenes:
+        return write_scene_dataset(args.root, store, n=args.scenes, seed=args.seed, scale=tuple(args.scale))
+    return write_crop_dataset(args.root, store, per_class=args.per_class, seed=args.seed, crop=settings.crop)
+
+
+def _crop(args, settings):
+    from vehicle_core.training.crops import crop_dataset
+
+    rows = crop_dataset(args.src, args.dst, settings, use_ground_truth=args.ground_truth)
+    return {"written": sum("key" in r for r in rows), "skipped": sum("skipped" in r for r in rows)}
+
+
+def _train(args, settings):
+    from vehicle_core.training.dataset import ObjectReader, index_dataset
+    from vehicle_core.training.train import train_classifier
+
+    store = ObjectReader(settings.storage, cache_dir=args.cache_dir)
+    index = index_dataset(args.data, store)
+    print(index.summary(), file=sys.stderr)
+    result = train_classifier(
+        index, store, settings.training, run_dir=args.run_dir, version=args.version, storage=settings.storage
+    )
+    return {"artifact": str(result.artifact), "metrics": result.manifest["metrics"], "unreadable": index.unreadable}
+
+
+def _evaluate(args, settings):
+    from vehicle_core.training.dataset import ObjectReader, index_dataset
+    from vehicle_core.training.evaluate import evaluate_artifact, upload_report, write_report
+
+    store = ObjectReader(settings.storage)
+    index = index_dataset(args.data, store)
+    evaluation, images = evaluate_artifact(args.artifact, index, index.split(args.split), store, split=args.split)
+    report = write_report(evaluation, images, args.out)
+    uploaded = upload_report(report, args.upload, settings.storage) if args.upload else None
+    return {"accuracy": evaluation.accuracy, "report": str(report / "report.md"), "uploaded": uploaded}
+
+
+def _publish(args, settings):
+    from vehicle_core.training.publish import publish
+
+    registry = args.registry or settings.classifier.registry
+    if not registry:
+        raise ValueError("give a registry URI or set classifier.registry")
+    return {"published": publish(args.artifact, registry, settings.storage, make_current=not args.no_current)}
+
+
+def _compare(args, settings):
+    from vehicle_core.training.evaluate import compare, load_evaluation
+
+    return compare([load_evaluation(Path(r) / "metrics.json") for r in args.reports])
+
+
+def _quickstart(args, settings):
+    from vehicle_core.training.quickstart import run_quickstart
+
+    return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
+
+
+COMMANDS = {
+    "make-synthetic": _make_synthetic,
+    "crop": _crop,
+    "train": _train,
+    "evaluate": _evaluate,
+    "publish": _publish,
+    "compare": _compare,
+    "quickstart": _quickstart,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
