@@ -101,6 +101,7 @@ class ProducerSettings:
     image_suffixes: list[str]
     max_queue_depth: int
     pause_poll_s: float
+    input_prefixes: list[str]
 
 
 @dataclass(frozen=True)
