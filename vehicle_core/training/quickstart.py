@@ -102,12 +102,23 @@ def train_demo(work_dir: Path, storage: StorageSettings | None = None, *, per_cl
     )
     t_train = time.monotonic() - t0 - t_data
     evaluation, _ = evaluate_artifact(result.artifact, index, index.split("test"), store)
+    _record_test_accuracy(Path(result.artifact), evaluation.accuracy, evaluation.n_images)
     return {
         "artifact": str(result.artifact),
         "test_accuracy": evaluation.accuracy,
         "test_images": evaluation.n_images,
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "total": round(time.monotonic() - t0, 1)},
     }
+
+
+def _record_test_accuracy(artifact: Path, accuracy: float, n_images: int) -> None:
+    """Add the held-out score to the artifact's manifest (the model file is untouched)."""
+    import json
+
+    path = artifact / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest.setdefault("metrics", {}).update(test_accuracy=accuracy, test_images=n_images)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
 
 
 def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class: int = DEMO_PER_CLASS) -> dict[str, Any]:

@@ -134,6 +134,8 @@ def train_classifier(
         elif stage1.is_file():
             log.info("stage 1 already done in %s; resuming at stage 2", run_dir)
             model.load_weights(stage1)
+        if not pretrained:
+            _fast_batchnorm(model)
         if settings.finetune_epochs > 0:
             _freeze_backbone(model, trainable_top=settings.finetune_layers, keep_batchnorm_frozen=pretrained)
             _merge(history, fit.run("stage2", settings.finetune_epochs, settings.finetune_learning_rate))
@@ -238,6 +240,17 @@ def _freeze_backbone(model, *, trainable_top: int, keep_batchnorm_frozen: bool) 
         layer.trainable = i >= cut and not (is_bn and keep_batchnorm_frozen)
     if trainable_top == 0:
         backbone.trainable = False
+
+
+def _fast_batchnorm(model, momentum: float = 0.9) -> None:
+    """From random weights, let BatchNormalization's moving statistics follow the weights faster.
+
+    With Keras's 0.99 they average over ~100 recent steps, so in a run of a few hundred steps they lag
+    the still-changing weights and validation scores look like chance while training accuracy rises.
+    """
+    for layer in model.get_layer("resnet50").layers:
+        if layer.__class__.__name__ == "BatchNormalization":
+            layer.momentum = momentum
 
 
 def _set_precision(mode: str) -> None:
