@@ -92,6 +92,7 @@ class WorkerSettings:
     batch_flush_interval_s: float
     max_retries: int
     retry_backoff_max_s: int
+    metrics_port: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""The Celery application: Redis broker, two queues, reliability options, events for Flower.
+
+Run the two kinds of worker (each with its own model framework, so each its own process pool):
+
+    celery -A workers.app worker -Q detect   -c 1 -n detect@%h    # PyTorch: fetch, decode, detect, crop
+    celery -A workers.app worker -Q classify -c 1 -n classify@%h  # TensorFlow: classify, write the result
+
+and Flower beside them: ``celery -A workers.app flower --basic-auth=user:password``.
+Every option comes from ``vehicle_core`` settings (broker and worker sections, ``VP_*`` variables).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from vehicle_core.config import Settings, load_settings
+from workers.messages import CLASSIFY_TASK, DETECT_TASK
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery's settings, derived from ours; each reliability choice says what it costs."""
+    broker, worker = settings.broker, settings.worker
+    return {
+        "broker_url": broker.url,
+        "result_backend": broker.result_backend,  # None: results are documents in S3, not Redis keys
+        "task_ignore_result": broker.result_backend is None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Ack a message only after its task returned. A worker that dies mid-task leaves the message
+        # unacked, so it is delivered again: a task may run twice, hence idempotent result writes.
+        "task_acks_late": True,
+        # With acks_late, a task whose pool process was killed (OOM, SIGKILL) is requeued instead of
+        # being acked as failed. Cost: an image that always kills the process is retried forever
+        # (bounded in practice by max_retries on the next transient error and by operators).
+        "task_reject_on_worker_lost": True,
+        # Messages reserved per process beyond the one running. 1 keeps long GPU tasks from piling up
+        # on one worker while others idle; a larger value hides broker latency but delays redelivery
+        # of everything reserved when that worker dies (after visibility_timeout).
+        "worker_prefetch_multiplier": worker.prefetch_multiplier,
+        "broker_transport_options": {
+            # Redis has no acks: a reserved, unacked message is restored to its queue after this many
+            # seconds. Too short and a slow task runs twice; too long and a crashed worker's tasks wait.
+            "visibility_timeout": broker.visibility_timeout_s,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_routes": {
+            DETECT_TASK: {"queue": broker.detect_queue},
+            CLASSIFY_TASK: {"queue": broker.classify_queue},
+        },
+        "task_default_queue": broker.detect_queue,
+        # Flower (and `celery events`) need task events; "sent" events show tasks still queued.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Flower shows args and results; crops travel as base64, so keep the reprs short.
+        "task_compression": None,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build the app; ``workers.tasks`` registers the two tasks on it when imported by a worker."""
+    settings = settings or load_settings()
+    app = Celery("vehicle-pipeline", set_as_current=True)
+    app.config_from_object(celery_config(settings))
+    app.conf.include = ["workers.tasks"]
+    app.vehicle_settings = settings  # read by workers.tasks and workers.models
+    return app
+
+
+app = create_app()

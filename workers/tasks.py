@@ -1,0 +1,143 @@
+"""The two Celery tasks: thin wrappers that decode a message, call vehicle_core and store the result.
+
+Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messages.enqueue_image``):
+
+* ``detect_crop`` (queue ``detect``, PyTorch): skip when a result for this ETag exists, fetch the
+  object, run :class:`DetectStage`, return the :class:`CropSet` message, which Celery hands on;
+* ``classify`` (queue ``classify``, TensorFlow): run :class:`ClassifyStage`, write
+  ``results/<key>.json`` unless a newer upload replaced the source meanwhile.
+
+Bad input never retries: it travels as an error CropSet and becomes an ``error`` result. Transient
+storage errors retry with exponential backoff; once retries are exhausted an error result is
+written so the key is not silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, TransientError
+from vehicle_core.results import ImageResult, SourceRef
+from workers import metrics, store
+from workers.app import app
+from workers.messages import CLASSIFY_TASK, DETECT_TASK, ImageMessage, MalformedMessageError
+from workers.models import Holders
+
+log = logging.getLogger(__name__)
+settings = app.vehicle_settings
+holders = Holders(settings)
+
+RETRY_OPTIONS = {
+    "autoretry_for": (TransientError, ConnectionError, TimeoutError),
+    "dont_autoretry_for": (InvalidInputError,),
+    "max_retries": settings.worker.max_retries,
+    "retry_backoff": True,  # 1 s, 2 s, 4 s, ... between attempts
+    "retry_backoff_max": settings.worker.retry_backoff_max_s,
+    "retry_jitter": True,  # spread retries of many tasks failing together
+}
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A forked child must not reuse the parent's sockets (S3 connection pool) or models.
+    holders.reset()
+    metrics.serve(settings.worker.metrics_port)
+
+
+class ImageTask(Task):
+    """Writes an error result when a task fails for good (transient error outlived every retry, or an
+    unexpected one), so no key is silently lost."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        metrics.TASKS.labels(self.name, "failed").inc()
+        source = _source_of(args[0] if args else None)
+        # An operator's problem (model or settings) fails loudly in Flower and the logs, no result.
+        if source is None or isinstance(exc, ModelLoadError | ConfigError):
+            return
+        log.error("giving up on s3://%s/%s after %d retries: %r", source.bucket, source.key, self.request.retries, exc)
+        try:
+            store.write_if_current(holders.s3.get(), ImageResult.from_error(source, exc), settings.results)
+        except TransientError as again:  # storage still down: the log line above is all we can leave
+            log.error("could not write the error result for s3://%s/%s: %s", source.bucket, source.key, again)
+
+
+@app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS)
+def detect_crop(self, message: dict[str, Any]) -> dict[str, Any]:
+    """Fetch one image, detect and crop its vehicles; return the CropSet message for ``classify``."""
+    try:
+        msg = ImageMessage.from_dict(message)
+    except MalformedMessageError as exc:
+        log.error("dropping malformed image message %r: %s", message, exc)
+        return _skip("malformed", message)
+    client = holders.s3.get()
+    rbucket, rkey = store.result_location(SourceRef(msg.bucket, msg.key), settings.results)
+    if store.already_done(store.read_result(client, rbucket, rkey), msg.etag):
+        log.info("skip s3://%s/%s etag=%s: result exists", msg.bucket, msg.key, msg.etag)
+        metrics.TASKS.labels(self.name, "skipped").inc()
+        return _skip("done", msg.to_dict())
+    with metrics.SECONDS.labels(self.name).time():
+        crop_set = _detect(client, msg)
+    metrics.BATCH_SIZE.labels("detect").observe(1)
+    metrics.TASKS.labels(self.name, "error" if crop_set.error else "ok").inc()
+    return crop_set.to_message()
+
+
+def _detect(client, msg: ImageMessage):
+    from vehicle_core.pipeline import CropSet
+    from vehicle_core.storage import get_object
+
+    try:
+        data, meta = get_object(client, msg.bucket, msg.key)
+    except InvalidInputError as exc:  # gone, too large: permanent, becomes an error result
+        return CropSet(source=_source(msg), error=exc.to_dict())
+    # Describe the bytes actually read: if the object changed since the event, its ETag tells.
+    source = _source(msg, etag=_meta_etag(meta) or msg.etag)
+    return holders.detect.get().run([(data, source)])[0]
+
+
+@app.task(bind=True, base=ImageTask, name=CLASSIFY_TASK, **RETRY_OPTIONS)
+def classify(self, crop_message: dict[str, Any] | None) -> dict[str, Any]:
+    """Classify the crops of one image and write its result document (idempotent, never stale)."""
+    if not crop_message or "skipped" in crop_message:
+        return crop_message or _skip("empty", None)
+    from vehicle_core.pipeline import CropSet
+
+    started = time.perf_counter()
+    crop_set = CropSet.from_message(crop_message)
+    result = holders.classify.get().run([crop_set])[0]
+    metrics.BATCH_SIZE.labels("classify").observe(len(crop_set.crops))
+    outcome = store.write_if_current(holders.s3.get(), result, settings.results)
+    metrics.SECONDS.labels(self.name).observe(time.perf_counter() - started)
+    metrics.TASKS.labels(self.name, outcome if outcome != store.WRITTEN else result.status).inc()
+    doc = result.to_dict()
+    return {"key": result.source.key, "etag": result.source.etag, "status": result.status,
+            "label": doc["label"], "confidence": doc["confidence"], "vehicles": len(result.vehicles),
+            "outcome": outcome, "error": result.error}
+
+
+def _skip(reason: str, message: Any) -> dict[str, Any]:
+    return {"skipped": reason, "message": message}
+
+
+def _source(msg: ImageMessage, *, etag: str | None = None) -> SourceRef:
+    return SourceRef(bucket=msg.bucket, key=msg.key, etag=etag or msg.etag, version_id=msg.version_id, size=msg.size)
+
+
+def _meta_etag(meta: Any) -> str | None:
+    value = meta.get("etag") or meta.get("ETag") if isinstance(meta, dict) else getattr(meta, "etag", None)
+    return store.normalize_etag(value) if value else None
+
+
+def _source_of(arg: Any) -> SourceRef | None:
+    """The image a task argument names: an image message or a CropSet message."""
+    if isinstance(arg, dict) and isinstance(arg.get("source"), dict):
+        return SourceRef.from_dict(arg["source"])
+    try:
+        return _source(ImageMessage.from_dict(arg))
+    except MalformedMessageError:
+        return None
