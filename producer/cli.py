@@ -1,0 +1,98 @@
+"""``vehicle-producer``: ``listen`` (SQS -> detect queue) and ``backfill s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+from vehicle_core.config import load_settings
+from vehicle_core.errors import VehiclePipelineError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        return args.func(args, settings)
+    except VehiclePipelineError as exc:
+        print(f"vehicle-producer: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _listen(args, settings) -> int:
+    from producer.events import KeyFilter
+    from producer.listen import Listener, stop_on_signals
+    from vehicle_core.errors import ConfigError
+    from vehicle_core.storage import sqs_client
+    from workers.messages import sender_app
+
+    queue_url = args.queue_url or settings.producer.queue_url
+    if not queue_url:
+        raise ConfigError("no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
+    listener = Listener(
+        sqs=sqs_client(settings.storage),
+        queue_url=queue_url,
+        app=sender_app(settings.broker),
+        keys=KeyFilter.from_settings(settings.producer, settings.results),
+        wait_time_s=settings.producer.wait_time_s,
+    )
+    stop_on_signals(listener)
+    listener.run()
+    return 0
+
+
+def _backfill(args, settings) -> int:
+    from producer.backfill import BackfillOptions, run_backfill
+    from producer.events import KeyFilter
+    from producer.queue_depth import depth_probe
+    from vehicle_core.storage import parse_s3_uri, s3_client
+    from workers.messages import sender_app
+
+    bucket, prefix = parse_s3_uri(args.uri)
+    producer = settings.producer
+    keys = KeyFilter.from_settings(producer, settings.results)
+    if args.suffix:
+        keys = KeyFilter(tuple(s.lower() for s in args.suffix), keys.results_prefix, keys.input_prefixes)
+    opts = BackfillOptions(
+        bucket=bucket, prefix=prefix, keys=keys, modified_since=args.modified_since, skip_done=args.skip_done,
+        dry_run=args.dry_run, limit=args.limit, max_queue_depth=producer.max_queue_depth,
+        pause_poll_s=producer.pause_poll_s, results_bucket=settings.results.bucket,
+    )
+    depth = None if args.dry_run else depth_probe(settings.broker.url, settings.broker.detect_queue)
+    stats = run_backfill(s3_client(settings.storage), sender_app(settings.broker), opts, depth=depth,
+                         progress=not args.no_progress)
+    print(f"listed {stats.listed}, enqueued {stats.enqueued}, already done {stats.already_done}, "
+          f"pauses {stats.pauses}" + (f", would enqueue {stats.candidates}" if args.dry_run else ""))
+    return 0
+
+
+def _since(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vehicle-producer", description=__doc__)
+    parser.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the defaults)")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(required=True)
+    listen = sub.add_parser("listen", help="long-poll SQS for S3 events and enqueue their images")
+    listen.add_argument("--queue-url", help="SQS queue URL (default: producer.queue_url)")
+    listen.set_defaults(func=_listen)
+    back = sub.add_parser("backfill", help="enqueue images already in s3://bucket/prefix")
+    back.add_argument("uri", help="s3://bucket/prefix")
+    back.add_argument("--suffix", action="append", help="only keys ending with this (repeatable); default: image suffixes")
+    back.add_argument("--modified-since", type=_since, help="only objects modified at or after this ISO time (UTC)")
+    back.add_argument("--skip-done", action="store_true", help="skip keys whose result describes the current ETag")
+    back.add_argument("--dry-run", action="store_true", help="list what would be enqueued, enqueue nothing")
+    back.add_argument("--limit", type=int, help="enqueue at most this many images")
+    back.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    back.set_defaults(func=_backfill)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``vehicle-producer listen``: long-poll SQS for S3 event notifications and enqueue their images.
+
+Delivery rules:
+* an SQS message is deleted only after every image it names was handed to the broker, so a crash
+  or a broker outage in between means SQS delivers it again (at-least-once; workers are idempotent);
+* a malformed message is logged and *not* deleted: after the queue's ``maxReceiveCount`` receives,
+  SQS's redrive policy moves it to the dead-letter queue for a human to look at;
+* SIGTERM/SIGINT finish the batch in hand (at most one long poll, ``producer.wait_time_s``) and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from producer.events import KeyFilter, MalformedEventError, parse_event_body
+from workers.messages import enqueue_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ListenStats:
+    received: int = 0
+    enqueued: int = 0
+    deleted: int = 0
+    malformed: int = 0
+    failed: int = 0
+
+
+class Listener:
+    """One SQS queue -> the detect queue. ``run()`` loops until ``stop`` is set."""
+
+    def __init__(self, *, sqs, queue_url: str, app, keys: KeyFilter, wait_time_s: int = 20, batch: int = 10):
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.app = app
+        self.keys = keys
+        self.wait_time_s = wait_time_s
+        self.batch = batch
+        self.stop = threading.Event()
+        self.stats = ListenStats()
+
+    def run(self) -> ListenStats:
+        log.info("listening on %s (long poll %ss)", self.queue_url, self.wait_time_s)
+        while not self.stop.is_set():
+            self.poll_once()
+        log.info("stopped: %s", self.stats)
+        return self.stats
+
+    def poll_once(self) -> int:
+        """Receive one batch, enqueue its images, delete what was handled; return images enqueued."""
+        try:
+            reply = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_time_s
+            )
+        except Exception as exc:  # SQS unreachable: never crash the loop, SQS keeps the messages
+            log.error("receive from %s failed: %r", self.queue_url, exc)
+            self.stop.wait(min(5.0, max(1.0, self.wait_time_s)))  # back off instead of spinning
+            return 0
+        enqueued = 0
+        for message in reply.get("Messages", []):
+            self.stats.received += 1
+            enqueued += self._handle(message)
+        return enqueued
+
+    def _handle(self, message: dict) -> int:
+        message_id = message.get("MessageId")
+        try:
+            parsed = parse_event_body(message.get("Body", ""), self.keys)
+        except MalformedEventError as exc:
+            # Left in the queue on purpose: the redrive policy moves it to the DLQ.
+            self.stats.malformed += 1
+            log.warning("malformed SQS message %s left for the DLQ: %s", message_id, exc.message)
+            return 0
+        for key, reason in parsed.skipped:
+            log.debug("ignored %s: %s", key, reason)
+        try:
+            for image in parsed.images:
+                task_id = enqueue_image(self.app, image)
+                log.info("enqueued s3://%s/%s etag=%s task=%s", image.bucket, image.key, image.etag, task_id)
+        except Exception as exc:  # broker down: keep the SQS message, it comes back after its visibility timeout
+            self.stats.failed += 1
+            log.error("enqueue of SQS message %s failed, it will be redelivered: %r", message_id, exc)
+            return 0
+        self.stats.enqueued += len(parsed.images)
+        self._delete(message)
+        return len(parsed.images)
+
+    def _delete(self, message: dict) -> None:
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            self.stats.deleted += 1
+        except Exception as exc:  # redelivered later; the workers' ETag check makes the repeat a no-op
+            log.error("delete of SQS message %s failed: %r", message.get("MessageId"), exc)
+
+
+def stop_on_signals(listener: Listener) -> None:
+    """SIGTERM/SIGINT: let the batch in hand finish, then leave the loop."""
+
+    def handler(signum, _frame):
+        log.info("signal %d: finishing the current batch, then exiting", signum)
+        listener.stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
