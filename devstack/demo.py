@@ -1,0 +1,346 @@
+"""``vehicle-demo`` (``make demo``): the whole streaming system on loopback, no cloud account, no Docker.
+
+    S3 (moto server) --event--> SQS --> vehicle-producer listen --> Redis --> detect worker
+                                                                           --> classify worker --> results/ in S3
+
+It starts redis-server and moto's server on free loopback ports, wires the bucket's notifications to
+an SQS queue (with a dead-letter queue), starts Flower (basic auth), the producer and one worker per
+queue (concurrency 1 each), uploads synthetic images plus a few corrupt files through boto3, waits for
+every result and prints them with the accuracy. ``--stay-up`` keeps everything running until Ctrl-C.
+
+The process helpers here (:func:`start_process`, :func:`stop_process`, :func:`wait_until`, the
+command lines) are shared with the integration tests, so the demo and the tests run the same stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger("vehicle-demo")
+T = TypeVar("T")
+
+
+class DeadlineExceeded(TimeoutError):
+    """A condition did not come true before its deadline."""
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25,
+               progress: Callable[[], str] | None = None) -> T:
+    """Poll ``condition`` until it returns something truthy; raise :class:`DeadlineExceeded` after ``timeout``.
+
+    This waits on a condition with a deadline; the interval only bounds how often it is checked.
+    """
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while True:
+        value = condition()
+        if value:
+            return value
+        now = time.monotonic()
+        if now >= deadline:
+            raise DeadlineExceeded(f"timed out after {timeout:.0f}s waiting for {what}")
+        if progress and now - last_report >= 5.0:
+            log.info("%s ...", progress())
+            last_report = now
+        time.sleep(min(interval, max(0.0, deadline - now)))
+
+
+@dataclass
+class Process:
+    """A child process started in its own session (so its whole group can be signalled)."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Process:
+    """Start ``argv`` with its output in ``log_dir/name.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    out = open(log_path, "ab")  # noqa: SIM115 (owned by the child for its lifetime)
+    popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+    out.close()
+    log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
+    return Process(name, popen, log_path)
+
+
+def stop_process(proc: Process, *, timeout: float = 30.0) -> int | None:
+    """SIGTERM the process group (Celery: warm shutdown), then SIGKILL it if it outlives ``timeout``."""
+    if proc.alive():
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            return proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs: killing it", proc.name, timeout)
+    kill_process(proc)
+    return proc.popen.returncode
+
+
+def kill_process(proc: Process) -> None:
+    """SIGKILL the process and its children (a crash, as far as Celery and Redis can tell)."""
+    _signal_group(proc, signal.SIGKILL)
+    proc.popen.wait(30)
+
+
+def _signal_group(proc: Process, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # our own child's group: start_new_session made pgid == pid
+    except ProcessLookupError:
+        pass
+
+
+def worker_argv(queue: str, name: str, *, concurrency: int = 1) -> list[str]:
+    """The documented worker command line, run with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-c", str(concurrency),
+            "-n", name, "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+
+
+def producer_argv(queue_url: str) -> list[str]:
+    return [sys.executable, "-m", "producer.cli", "listen", "--queue-url", queue_url]
+
+
+def flower_argv(port: int, basic_auth: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1",
+            f"--basic-auth={basic_auth}"]
+
+
+def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of every stack process: our settings as VP_* variables plus the AWS endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VP_")}
+    env.update(aws)
+    env.update({"VP_BROKER__URL": broker_url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env.update(extra or {})
+    return env
+
+
+def worker_ready(app, name: str) -> bool:
+    """True once worker ``name`` answers a broadcast ping."""
+    replies = app.control.ping(destination=[name], timeout=1.0) or []
+    return any(name in reply for reply in replies)
+
+
+@dataclass
+class Row:
+    key: str
+    expected: str | None
+    result: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    """The running demo: servers, processes and the clients to talk to them."""
+
+    s3: Any
+    bucket: str
+    queue_url: str
+    broker_url: str
+    flower_url: str
+    processes: list[Process] = field(default_factory=list)
+
+    def check_alive(self) -> None:
+        for proc in self.processes:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+
+
+def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: int, basic_auth: str,
+                bucket: str = "vehicle-demo", extra_env: dict[str, str] | None = None) -> Stack:
+    """Wire S3 -> SQS, then start Flower, the producer and one worker per queue; wait until they are up."""
+    import boto3
+
+    from devstack.servers import wire_bucket_notifications
+    from workers.messages import sender_app
+
+    broker_url, aws = stack_servers
+    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws.get("AWS_DEFAULT_REGION"))
+    sqs = boto3.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws.get("AWS_DEFAULT_REGION"))
+    s3.create_bucket(Bucket=bucket)
+    queue_url = wire_bucket_notifications(s3, sqs, bucket, f"{bucket}-events")
+    env = stack_env(broker_url=broker_url, aws=aws, extra={
+        "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2", **(extra_env or {})})
+    stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
+                  flower_url=f"http://127.0.0.1:{flower_port}")
+    root = Path(__file__).resolve().parents[1]
+    for name, argv in (
+        ("detect-worker", worker_argv("detect", "detect@demo")),
+        ("classify-worker", worker_argv("classify", "classify@demo")),
+        ("producer", producer_argv(queue_url)),
+        ("flower", flower_argv(flower_port, basic_auth)),
+    ):
+        stack.processes.append(start_process(name, argv, env, log_dir, cwd=root))
+    app = sender_app(_broker_settings(broker_url))
+    for name in ("detect@demo", "classify@demo"):
+        wait_until(lambda n=name: stack.check_alive() or worker_ready(app, n), timeout=180, what=f"worker {name}")
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    """Producer first (stop feeding), then workers (warm shutdown finishes their task), then Flower."""
+    for proc in sorted(stack.processes, key=lambda p: ("producer", "detect", "classify", "flower").index(p.name.split("-")[0])):
+        stop_process(proc)
+
+
+def _broker_settings(broker_url: str):
+    from vehicle_core.config import load_settings
+
+    return load_settings(env={"VP_BROKER__URL": broker_url}).broker
+
+
+def demo_images(count: int, seed: int) -> list[tuple[str, bytes, str | None]]:
+    """(key, bytes, expected label) of synthetic scenes, plus two corrupt files (expected None)."""
+    import numpy as np
+
+    from vehicle_core.synthetic import encode, make_scene
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        scene = make_scene(rng)
+        data = encode(scene.image, ".jpg")
+        out.append((f"incoming/scene-{i:02d}-{scene.label}.jpg", data, scene.label))
+    out.append(("incoming/corrupt-truncated.jpg", out[0][1][: len(out[0][1]) // 3], None))
+    out.append(("incoming/not-really-an-image.png", b"this is text, not a PNG\n", None))
+    return out
+
+
+def collect_results(s3, bucket: str, keys: list[str], prefix: str = "results/") -> dict[str, dict]:
+    """The result documents of ``keys`` that exist so far."""
+    import json
+
+    found = {}
+    for key in keys:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}.json")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            continue
+        found[key] = json.loads(body)
+    return found
+
+
+def print_table(rows: list[tuple[str, str | None]], results: dict[str, dict]) -> float | None:
+    """Print image, expected, label, confidence, status; return the accuracy over labelled images."""
+    print(f"\n{'image':<42} {'expected':<11} {'label':<11} {'conf':>5}  status")
+    print("-" * 84)
+    correct = labelled = 0
+    for key, expected in rows:
+        doc = results.get(key, {})
+        status = doc.get("status", "missing")
+        if doc.get("error"):
+            status += f" ({doc['error'].get('code')})"
+        conf = doc.get("confidence")
+        print(f"{key:<42} {expected or '-':<11} {doc.get('label') or '-':<11} "
+              f"{f'{conf:.2f}' if conf is not None else '-':>5}  {status}")
+        if expected:
+            labelled += 1
+            correct += doc.get("label") == expected
+    accuracy = correct / labelled if labelled else None
+    if accuracy is not None:
+        print(f"\naccuracy: {correct}/{labelled} = {accuracy:.1%}")
+    return accuracy
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from devstack.servers import aws_env, moto_server, redis_server
+    from vehicle_core.config import load_settings
+    from vehicle_core.training.quickstart import ensure_demo_classifier
+
+    started = time.monotonic()
+    settings = load_settings()
+    log.info("getting the demo classifier (trained once, then cached under %s)", settings.storage.cache_dir)
+    classifier = ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings.storage)
+    log_dir = Path(args.log_dir).resolve()
+    with redis_server() as redis, moto_server() as moto:
+        aws = aws_env(_endpoint(moto))
+        stack = start_stack((_url(redis), aws), log_dir=log_dir, classifier=classifier, flower_port=args.flower_port,
+                            basic_auth=settings.flower.basic_auth)
+        try:
+            print(f"Flower: {stack.flower_url}  (user:password {settings.flower.basic_auth})")
+            uploads = demo_images(args.images, args.seed)
+            for key, data, _ in uploads:
+                stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)
+            keys = [key for key, _, _ in uploads]
+            log.info("uploaded %d objects to s3://%s/incoming/; waiting for their results", len(keys), stack.bucket)
+            done: dict[str, dict] = {}
+
+            def all_done() -> bool:
+                stack.check_alive()
+                done.update(collect_results(stack.s3, stack.bucket, [k for k in keys if k not in done]))
+                return len(done) == len(keys)
+
+            wait_until(all_done, timeout=args.timeout, what="every result", interval=0.5,
+                       progress=lambda: f"{len(done)}/{len(keys)} results")
+            print_table([(k, expected) for k, _, expected in uploads], done)
+            print(f"\nFlower: {stack.flower_url}   logs: {log_dir}   took {time.monotonic() - started:.0f}s")
+            if args.stay_up:
+                _stay_up()
+        finally:
+            stop_stack(stack)
+    return 0
+
+
+def _stay_up() -> None:
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("staying up; Ctrl-C to stop")
+    while not stop.wait(1.0):  # a timed wait so the signal handler gets to run
+        pass
+
+
+def _url(server: Any) -> str:
+    return server if isinstance(server, str) else server.url
+
+
+def _endpoint(server: Any) -> str:
+    return server if isinstance(server, str) else server.endpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vehicle-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=24, help="synthetic images to upload (plus 2 corrupt files)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every result")
+    parser.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-demo-logs"),
+                        help="where each process writes its log")
+    parser.add_argument("--stay-up", action="store_true", help="keep everything running until Ctrl-C")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return run_demo(args)
+    except DeadlineExceeded as exc:
+        print(f"vehicle-demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Test helpers shared by the producer and integration tests: reading Celery messages out of Redis,
+and waiting for result documents in S3."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+
+def redis_url(redis_server: Any) -> str:
+    """The URL of the ``redis_server`` fixture (a URL string or an object carrying ``.url``)."""
+    return redis_server if isinstance(redis_server, str) else redis_server.url
+
+
+def queued_tasks(redis_client, queue: str) -> list[tuple[str, list, list[str]]]:
+    """(task name, args, names of the chained next tasks) of every message waiting in a kombu Redis
+    queue, oldest first."""
+    out = []
+    for raw in reversed(redis_client.lrange(queue, 0, -1)):  # kombu LPUSHes, workers BRPOP
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, embed = json.loads(body)
+        chained = [step["task"] for step in (embed.get("chain") or [])]
+        out.append((envelope["headers"]["task"], args, chained))
+    return out
+
+
+def results_under(s3, bucket: str, prefix: str = "results/") -> dict[str, dict]:
+    """Every result document under ``prefix``: source key -> document."""
+    docs = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            doc = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            docs[obj["Key"][len(prefix) : -len(".json")]] = doc
+    return docs

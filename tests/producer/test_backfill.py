@@ -1,0 +1,118 @@
+"""Backfill over a real S3 listing (moto server) into a real Redis queue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from devstack.demo import stack_env, wait_until
+from producer.backfill import BackfillOptions, run_backfill
+from producer.events import KeyFilter
+from producer.queue_depth import redis_queue_depth
+from tests.integration.stack import queued_tasks, redis_url
+from vehicle_core.config import load_settings
+from workers.messages import sender_app
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = KeyFilter(image_suffixes=(".jpg",), results_prefix="results/")
+
+
+def _put_many(s3, bucket: str, keys: list[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # I/O bound; moto's server answers concurrently
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
+
+
+def _write_result(s3, bucket: str, key: str, etag: str) -> None:
+    doc = {"source": {"bucket": bucket, "key": key, "etag": etag}, "status": "ok", "error": None}
+    s3.put_object(Bucket=bucket, Key=f"results/{key}.json", Body=json.dumps(doc).encode())
+
+
+@pytest.fixture
+def detect(redis_server, request):
+    client = redis.Redis.from_url(redis_url(redis_server))
+    name = f"detect-bf-{request.node.name[:30]}"
+    client.delete(name)
+    return client, name
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args, "--no-progress"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_backfill_of_1000_keys_enqueues_each_once_then_skip_done_only_the_missing(
+    s3, bucket, aws_env, redis_server, detect
+):
+    # Given: 1,000 images across 3 listing pages, 5 non-images, and results for 600 of them
+    client, qname = detect
+    images = [f"cams/{i // 100:02d}/img {i:04d}.jpg" for i in range(1000)]
+    _put_many(s3, bucket, images + [f"cams/notes-{i}.txt" for i in range(5)])
+    env = stack_env(broker_url=redis_url(redis_server), aws=aws_env, extra={"VP_BROKER__DETECT_QUEUE": qname})
+    # When: a first backfill
+    first = _cli(["backfill", f"s3://{bucket}/cams/"], env)
+    # Then: every image exactly once, nothing else
+    assert first.returncode == 0, first.stderr
+    keys = [args[0]["key"] for _, args, _ in queued_tasks(client, qname)]
+    assert sorted(keys) == sorted(images)
+    # Given: 600 current results, 50 results for an older upload (other ETag)
+    etags = {o["Key"]: o["ETag"].strip('"') for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="cams/")
+             for o in p.get("Contents", [])}
+    for key in images[:600]:
+        _write_result(s3, bucket, key, etags[key])
+    for key in images[600:650]:
+        _write_result(s3, bucket, key, "an-older-etag")
+    client.delete(qname)
+    # When: backfill --skip-done
+    second = _cli(["backfill", f"s3://{bucket}/cams/", "--skip-done"], env)
+    # Then: only the 400 without a current result
+    assert second.returncode == 0, second.stderr
+    again = sorted(args[0]["key"] for _, args, _ in queued_tasks(client, qname))
+    assert again == sorted(images[600:])
+    assert "already done 600" in second.stdout
+
+
+def test_dry_run_limit_suffix_and_modified_since(s3, bucket, aws_env, redis_server, detect):
+    client, qname = detect
+    _put_many(s3, bucket, [f"a{i}.jpg" for i in range(5)] + ["b.png", "c.PNG"])
+    env = stack_env(broker_url=redis_url(redis_server), aws=aws_env, extra={"VP_BROKER__DETECT_QUEUE": qname})
+    dry = _cli(["backfill", f"s3://{bucket}", "--dry-run", "--limit", "3"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("would enqueue") == 3 and client.llen(qname) == 0
+    png = _cli(["backfill", f"s3://{bucket}", "--suffix", ".png"], env)
+    assert png.returncode == 0, png.stderr
+    assert sorted(a[0]["key"] for _, a, _ in queued_tasks(client, qname)) == ["b.png", "c.PNG"]
+    future = _cli(["backfill", f"s3://{bucket}", "--modified-since", "2999-01-01T00:00:00"], env)
+    assert "enqueued 0" in future.stdout
+
+
+def test_backfill_pauses_while_the_detect_queue_is_deeper_than_the_limit(s3, bucket, redis_server, detect):
+    # Given: 30 images and a queue limit of 10
+    client, qname = detect
+    _put_many(s3, bucket, [f"p{i:02d}.jpg" for i in range(30)])
+    settings = load_settings(env={"VP_BROKER__URL": redis_url(redis_server), "VP_BROKER__DETECT_QUEUE": qname})
+    opts = BackfillOptions(bucket=bucket, keys=KEYS, max_queue_depth=10, pause_poll_s=0.05)
+    stop = threading.Event()
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_backfill(
+        s3, sender_app(settings.broker), opts, depth=lambda: redis_queue_depth(client, qname), stop=stop, progress=False)))
+    # When: it runs with nobody consuming
+    worker.start()
+    try:
+        # Then: it stops at 11 (enqueues while depth <= 10) and waits
+        wait_until(lambda: redis_queue_depth(client, qname) == 11, timeout=30, what="11 queued")
+        assert worker.is_alive()
+        # When: a consumer drains the queue, it goes on to the end
+        wait_until(lambda: client.delete(qname) >= 0 and not worker.is_alive(), timeout=60, what="backfill to finish")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert box["stats"].enqueued == 30 and box["stats"].pauses >= 2
