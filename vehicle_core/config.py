@@ -81,6 +81,7 @@ class BrokerSettings:
     url: str
     result_backend: str | None
     visibility_timeout_s: int
+    restore_interval_s: int
     detect_queue: str
     classify_queue: str
 

@@ -41,6 +41,10 @@ def celery_config(settings: Settings) -> dict:
             # Redis has no acks: a reserved, unacked message is restored to its queue after this many
             # seconds. Too short and a slow task runs twice; too long and a crashed worker's tasks wait.
             "visibility_timeout": broker.visibility_timeout_s,
+            # Workers sweep for such expired messages every restore_interval_s (throttle 1: every sweep
+            # scans). This is what brings back the tasks of a worker that was SIGKILLed or lost power.
+            "unacked_restore_interval": broker.restore_interval_s,
+            "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
         "task_routes": {
