@@ -161,6 +161,8 @@ class Stack:
     queue_url: str
     broker_url: str
     flower_url: str
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # of every stack process
+    log_dir: Path | None = None
     processes: list[Process] = field(default_factory=list)
 
     def check_alive(self) -> None:
@@ -185,7 +187,7 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     env = stack_env(broker_url=broker_url, aws=aws, extra={
         "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2", **(extra_env or {})})
     stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
-                  flower_url=f"http://127.0.0.1:{flower_port}")
+                  flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
     root = Path(__file__).resolve().parents[1]
     for name, argv in (
         ("detect-worker", worker_argv("detect", "detect@demo")),

@@ -8,6 +8,15 @@ import json
 from typing import Any
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def redis_url(redis_server: Any) -> str:
     """The URL of the ``redis_server`` fixture (a URL string or an object carrying ``.url``)."""
     return redis_server if isinstance(redis_server, str) else redis_server.url

@@ -1,0 +1,183 @@
+"""The whole stream on real servers: S3 (moto over HTTP) -> SQS -> `vehicle-producer listen` -> Redis
+-> detect worker -> classify worker -> results/ in S3, each component its own process.
+
+The classifier is the untrained test artifact (labels are meaningless), so these tests check
+delivery, statuses, error codes and ETags, never labels; the demo checks labels with a trained one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+from devstack.demo import (
+    kill_process,
+    start_process,
+    start_stack,
+    stop_process,
+    stop_stack,
+    wait_until,
+    worker_argv,
+    worker_ready,
+)
+from tests.integration.stack import free_port, redis_url, results_under
+from vehicle_core.config import load_settings
+from workers.messages import sender_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+AUTH = "tester:s3cret"
+VISIBILITY_TIMEOUT_S = 6
+
+
+def _scene(seed: int) -> bytes:
+    import numpy as np
+
+    from vehicle_core.synthetic import encode, make_scene
+
+    return encode(make_scene(np.random.default_rng(seed)).image, ".jpg")
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, moto_server, classifier_artifact, tmp_path_factory):
+    from devstack.demo import _endpoint
+    from devstack.servers import aws_env
+
+    log_dir = tmp_path_factory.mktemp("stack-logs")
+    extra = {
+        # A short visibility timeout and a fast sweep, so a killed worker's tasks come back in seconds.
+        "VP_BROKER__VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "VP_BROKER__RESTORE_INTERVAL_S": "1",
+        "VP_WORKER__RETRY_BACKOFF_MAX_S": "2",
+    }
+    running = start_stack((redis_url(redis_server), aws_env(_endpoint(moto_server))), log_dir=log_dir,
+                          classifier=classifier_artifact, flower_port=free_port(), basic_auth=AUTH,
+                          bucket="e2e", extra_env=extra)
+    yield running
+    stop_stack(running)
+
+
+def _upload(stack, key: str, data: bytes) -> str:
+    return stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)["ETag"].strip('"')
+
+
+def _wait_for_results(stack, expected: dict[str, str | None], timeout: float = 300) -> dict[str, dict]:
+    """Wait until every key in ``expected`` has a result whose source ETag is the expected one."""
+    found: dict[str, dict] = {}
+
+    def ready():
+        stack.check_alive()
+        found.clear()
+        found.update(results_under(stack.s3, stack.bucket))
+        return all(k in found and (etag is None or found[k]["source"]["etag"] == etag) for k, etag in expected.items())
+
+    wait_until(ready, timeout=timeout, what="results", interval=0.5,
+               progress=lambda: f"{sum(k in found for k in expected)}/{len(expected)} results")
+    return found
+
+
+def _queues_drained(stack) -> bool:
+    client = redis.Redis.from_url(stack.broker_url)
+    return client.llen("detect") == 0 and client.llen("classify") == 0 and client.hlen("unacked") == 0
+
+
+def test_every_uploaded_image_gets_exactly_one_current_result(stack):
+    # Given: 30 uploads through boto3: valid scenes (odd keys among them), corrupt files, non-images,
+    # an object under results/, and one key uploaded twice with different content
+    valid = {f"in/scene-{i:02d}.jpg": _scene(i) for i in range(16)}
+    valid["in/with space ü ß.jpg"] = _scene(100)
+    valid["in/plus+sign & 日本.jpeg"] = _scene(101)
+    valid["in/nested/deep/x.png"] = _scene(102)  # JPEG bytes under .png: decoding goes by content
+    corrupt = {
+        "in/truncated.jpg": (_scene(103)[:400], "undecodable"),
+        "in/text-pretending.jpg": (b"just some text, no pixels\n" * 10, "unsupported_format"),
+        "in/empty.png": (b"", "empty"),
+    }
+    ignored = {"in/notes.txt": b"hello", "in/table.csv": b"a,b\n1,2\n", "results/sneaky.jpg": _scene(104)}
+    etags = {key: _upload(stack, key, data) for key, data in valid.items()}
+    etags.update({key: _upload(stack, key, data) for key, (data, _) in corrupt.items()})
+    for key, data in ignored.items():
+        _upload(stack, key, data)
+    _upload(stack, "in/twice.jpg", _scene(200))
+    etags["in/twice.jpg"] = _upload(stack, "in/twice.jpg", _scene(201))  # the second upload wins
+    assert len(valid) + len(corrupt) + len(ignored) + 2 == 27 + 2 and len(etags) == 23
+
+    # When: the stream settles
+    results = _wait_for_results(stack, etags)
+    wait_until(lambda: _queues_drained(stack), timeout=120, what="queues to drain")
+    results = results_under(stack.s3, stack.bucket)
+
+    # Then: exactly one result per image key, none for non-images or for anything under results/
+    assert sorted(results) == sorted(etags)
+    for key in valid:
+        assert results[key]["status"] in ("ok", "no_vehicle"), results[key]
+        assert results[key]["source"]["etag"] == etags[key]
+    assert sum(results[k]["status"] == "ok" for k in valid) >= len(valid) * 0.7  # scenes contain vehicles
+    for key, (_, code) in corrupt.items():
+        assert results[key]["status"] == "error" and results[key]["error"]["code"] == code, results[key]
+    # ... and the twice-uploaded key describes the second upload
+    assert results["in/twice.jpg"]["source"]["etag"] == etags["in/twice.jpg"]
+
+
+def _flower_get(url: str, auth: str | None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
+
+
+def test_flower_lists_both_workers_with_basic_auth_and_refuses_without(stack):
+    def both_listed():
+        status, body = _flower_get(f"{stack.flower_url}/api/workers?refresh=1", AUTH)
+        return status == 200 and {"detect@demo", "classify@demo"} <= set(json.loads(body))
+
+    wait_until(both_listed, timeout=90, what="Flower to list both workers", interval=1.0)
+    assert _flower_get(f"{stack.flower_url}/api/workers", None)[0] == 401
+    assert _flower_get(f"{stack.flower_url}/api/workers", "tester:wrong")[0] == 401
+    status, body = _flower_get(f"{stack.flower_url}/api/queues/length", AUTH)
+    assert status == 200 and {q["name"] for q in json.loads(body)["active_queues"]} >= {"detect", "classify"}
+
+
+def _detect_unacked(client) -> int:
+    """Messages of the detect queue delivered to a worker and not yet acked."""
+    return sum(json.loads(v)[2] == "detect" for v in client.hvals("unacked"))
+
+
+def test_tasks_of_a_sigkilled_worker_are_redelivered_to_its_replacement(stack):
+    # Given: the detect worker stopped, and 6 images waiting for it
+    client = redis.Redis.from_url(stack.broker_url)
+    detect = next(p for p in stack.processes if p.name == "detect-worker")
+    stop_process(detect)
+    stack.processes.remove(detect)
+    etags = {f"kill/img-{i}.jpg": _upload(stack, f"kill/img-{i}.jpg", _scene(300 + i)) for i in range(6)}
+    wait_until(lambda: client.llen("detect") >= 6, timeout=60, what="6 queued detect tasks")
+    env = stack.env
+    app = sender_app(load_settings(env={"VP_BROKER__URL": stack.broker_url}).broker)
+
+    # When: a worker takes tasks and is SIGKILLed while it holds them
+    victim = start_process("detect-victim", worker_argv("detect", "victim@test"), env, stack.log_dir)
+    try:
+        wait_until(lambda: _detect_unacked(client) >= 1, timeout=120, what="the worker to hold a task")
+        kill_process(victim)
+    finally:
+        stop_process(victim)
+    held = _detect_unacked(client)
+    assert held >= 1  # the messages it held are neither acked nor lost
+
+    # Then: a replacement worker gets them after the visibility timeout and every image gets its result
+    replacement = start_process("detect-worker", worker_argv("detect", "detect@demo"), env, stack.log_dir)
+    stack.processes.append(replacement)
+    wait_until(lambda: worker_ready(app, "detect@demo"), timeout=120, what="the replacement worker")
+    results = _wait_for_results(stack, etags, timeout=240)
+    assert all(results[k]["source"]["etag"] == e for k, e in etags.items())
+    wait_until(lambda: _detect_unacked(client) == 0, timeout=60, what="no unacked detect task")
