@@ -62,8 +62,8 @@ class ImageTask(Task):
         log.error("giving up on s3://%s/%s after %d retries: %r", source.bucket, source.key, self.request.retries, exc)
         try:
             store.write_if_current(holders.s3.get(), ImageResult.from_error(source, exc), settings.results)
-        except TransientError as again:  # storage still down: the log line above is all we can leave
-            log.error("could not write the error result for s3://%s/%s: %s", source.bucket, source.key, again)
+        except Exception:  # a failure handler must not raise; storage still down: the log is all we leave
+            log.exception("could not write the error result for s3://%s/%s", source.bucket, source.key)
 
 
 @app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS)
