@@ -4,8 +4,11 @@ Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messa
 
 * ``detect_crop`` (queue ``detect``, PyTorch): skip when a result for this ETag exists, fetch the
   object, run :class:`DetectStage`, return the :class:`CropSet` message, which Celery hands on;
-* ``classify`` (queue ``classify``, TensorFlow): run :class:`ClassifyStage`, write
-  ``results/<key>.json`` unless a newer upload replaced the source meanwhile.
+* ``classify`` (queue ``classify``, TensorFlow, a celery-batches task): buffers up to
+  ``worker.batch_flush_every`` CropSets (or ``batch_flush_interval_s``), runs :class:`ClassifyStage`
+  over all their crops at once, and writes each ``results/<key>.json`` unless a newer upload
+  replaced the source meanwhile. Batch sizes go to the log, to Prometheus (``vp_batch_size``) and,
+  per request, to Flower's result column. See workers/batching.py for what celery-batches changes.
 
 Bad input never retries: it travels as an error CropSet and becomes an ``error`` result. Transient
 storage errors retry with exponential backoff; once retries are exhausted an error result is
@@ -19,11 +22,12 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
+from celery_batches import Batches
 
 from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, TransientError
 from vehicle_core.results import ImageResult, SourceRef
-from workers import metrics, store
+from workers import batching, metrics, store
 from workers.app import app
 from workers.messages import CLASSIFY_TASK, DETECT_TASK, ImageMessage, MalformedMessageError
 from workers.models import Holders
@@ -47,6 +51,12 @@ def _after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's sockets (S3 connection pool) or models.
     holders.reset()
     metrics.serve(settings.worker.metrics_port)
+
+
+@celeryd_init.connect
+def _prefetch_for_batches(conf=None, options=None, **_: Any) -> None:
+    batching.raise_prefetch_for_batches(conf, options or {}, batch_queue=settings.broker.classify_queue,
+                                        flush_every=settings.worker.batch_flush_every)
 
 
 class ImageTask(Task):
@@ -100,24 +110,71 @@ def _detect(client, msg: ImageMessage):
     return holders.detect.get().run([(data, source)])[0]
 
 
-@app.task(bind=True, base=ImageTask, name=CLASSIFY_TASK, **RETRY_OPTIONS)
-def classify(self, crop_message: dict[str, Any] | None) -> dict[str, Any]:
-    """Classify the crops of one image and write its result document (idempotent, never stale)."""
-    if not crop_message or "skipped" in crop_message:
-        return crop_message or _skip("empty", None)
+@app.task(bind=True, base=Batches, name=CLASSIFY_TASK, acks_late=True,
+          flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s)
+def classify(self, requests) -> list[dict[str, Any]]:
+    """Classify the crops of a batch of images in shared forward passes; write each image's result.
+
+    Each request carries one CropSet message (chained from ``detect_crop``). Writes are idempotent
+    and never replace a newer upload's result (see workers/store.py).
+    """
+    started = time.perf_counter()
+    todo, done = _parse_crop_requests(requests)
+    if todo:
+        try:
+            results = holders.classify.get().run([crop_set for _, crop_set in todo])
+        except Exception as exc:  # the whole batch failed: celery-batches acks it anyway, so re-send each
+            for request, crop_set in todo:
+                _retry(self, request, crop_set.source, exc)
+            return [summary for _, summary in done]
+        crops = sum(len(cs.crops) for _, cs in todo)
+        metrics.BATCH_SIZE.labels("classify_images").observe(len(todo))
+        metrics.BATCH_SIZE.labels("classify").observe(crops)
+        log.info("classify batch: %d images, %d crops, %.0f ms", len(todo), crops, 1000 * (time.perf_counter() - started))
+        for (request, _), result in zip(todo, results, strict=True):
+            summary = _write(self, request, result)
+            if summary:
+                done.append((request, summary))
+    runtime = time.perf_counter() - started
+    metrics.SECONDS.labels(self.name).observe(runtime)
+    batching.report(self, done, runtime=runtime)
+    return [summary for _, summary in done]
+
+
+def _parse_crop_requests(requests) -> tuple[list, list]:
     from vehicle_core.pipeline import CropSet
 
-    started = time.perf_counter()
-    crop_set = CropSet.from_message(crop_message)
-    result = holders.classify.get().run([crop_set])[0]
-    metrics.BATCH_SIZE.labels("classify").observe(len(crop_set.crops))
-    outcome = store.write_if_current(holders.s3.get(), result, settings.results)
-    metrics.SECONDS.labels(self.name).observe(time.perf_counter() - started)
-    metrics.TASKS.labels(self.name, outcome if outcome != store.WRITTEN else result.status).inc()
+    todo, done = [], []
+    for request in requests:
+        message = request.args[0] if request.args else None
+        if not message or "skipped" in message:  # detect_crop found nothing to do
+            done.append((request, message or _skip("empty", None)))
+            continue
+        try:
+            todo.append((request, CropSet.from_message(message)))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("dropping malformed crop message %s: %r", request.id, exc)
+            done.append((request, _skip("malformed", None)))
+    return todo, done
+
+
+def _write(task, request, result: ImageResult) -> dict[str, Any] | None:
+    try:
+        outcome = store.write_if_current(holders.s3.get(), result, settings.results)
+    except (TransientError, ConnectionError, TimeoutError) as exc:
+        _retry(task, request, result.source, exc)
+        return None
+    metrics.TASKS.labels(task.name, outcome if outcome != store.WRITTEN else result.status).inc()
     doc = result.to_dict()
-    return {"key": result.source.key, "etag": result.source.etag, "status": result.status,
-            "label": doc["label"], "confidence": doc["confidence"], "vehicles": len(result.vehicles),
-            "outcome": outcome, "error": result.error}
+    return {"key": result.source.key, "etag": result.source.etag, "status": result.status, "label": doc["label"],
+            "confidence": doc["confidence"], "vehicles": len(result.vehicles), "outcome": outcome, "error": result.error}
+
+
+def _retry(task, request, source: SourceRef, exc: Exception) -> None:
+    outcome = batching.retry_later(task, request, source, exc, max_retries=settings.worker.max_retries,
+                                   backoff_max=settings.worker.retry_backoff_max_s, s3_client=holders.s3.get(),
+                                   results=settings.results)
+    metrics.TASKS.labels(task.name, outcome).inc()
 
 
 def _skip(reason: str, message: Any) -> dict[str, Any]:

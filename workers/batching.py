@@ -1,0 +1,87 @@
+"""What celery-batches leaves to the task: per-request retries, results, events, and the prefetch.
+
+celery-batches 0.11 (read from its source, ``celery_batches/__init__.py`` and ``trace.py``):
+
+* the worker buffers messages and flushes them as one call every ``flush_every`` messages or
+  ``flush_interval`` seconds; a buffer can only fill up to the prefetch count, so the worker
+  consuming a batching queue must prefetch at least ``flush_every`` (:func:`raise_prefetch_for_batches`);
+* with ``acks_late`` every message of a batch is acked when the batch call *returns*, whether it
+  raised or not; a SIGKILL before that leaves them unacked, so Redis redelivers them after
+  ``visibility_timeout`` (that is the reliability we keep);
+* ``autoretry_for``/``self.retry`` do not apply per request, task events (Flower) and result-backend
+  states are not sent per request, and an exception in the batch fails every request silently.
+
+So the batch task catches per request: :func:`retry_later` re-sends a request with exponential
+backoff (counting attempts in its kwargs) and gives up into an error result; :func:`report` sends the
+``task-started``/``task-succeeded`` events Flower shows and stores a result when a backend is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.utils.time import get_exponential_backoff_interval
+
+from vehicle_core.errors import InvalidInputError
+from vehicle_core.results import ImageResult, SourceRef
+from workers import store
+
+log = logging.getLogger(__name__)
+
+
+def raise_prefetch_for_batches(conf, options: dict, *, batch_queue: str, flush_every: int) -> None:
+    """At worker start (celeryd_init): a worker consuming ``batch_queue`` prefetches ``flush_every``
+    messages per process, so its buffer can reach a full batch. Cost: that many messages wait for
+    ``visibility_timeout`` if this worker dies."""
+    queues = options.get("queues") or []
+    if isinstance(queues, str):
+        queues = [q.strip() for q in queues.split(",")]
+    if batch_queue in queues and conf.worker_prefetch_multiplier < flush_every:
+        log.info("prefetch %d -> %d so batches of %d can form", conf.worker_prefetch_multiplier, flush_every, flush_every)
+        conf.worker_prefetch_multiplier = flush_every
+
+
+def attempt_of(request) -> int:
+    """How many times this request was already re-sent by :func:`retry_later`."""
+    return int((request.kwargs or {}).get("attempt", 0))
+
+
+def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries: int, backoff_max: int,
+                s3_client, results) -> str:
+    """Re-send ``request`` after an exponential, jittered delay; past ``max_retries`` (or for bad
+    input) write an error result instead so the key is not lost. Returns "retry" or "gave_up"."""
+    attempt = attempt_of(request) + 1
+    if attempt <= max_retries and not isinstance(exc, InvalidInputError):
+        countdown = get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max, full_jitter=True)
+        task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
+        log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
+        return "retry"
+    log.error("giving up on s3://%s/%s after %d attempts: %r", source.bucket, source.key, attempt, exc)
+    try:
+        store.write_if_current(s3_client, ImageResult.from_error(source, exc), results)
+    except Exception:  # storage still down: the log lines are all that is left
+        log.exception("could not write the error result for s3://%s/%s", source.bucket, source.key)
+    return "gave_up"
+
+
+def report(task, requests_and_results: list[tuple[Any, dict]], *, runtime: float) -> None:
+    """Per-request ``task-succeeded`` events (Flower's task list and its result column) and, when a
+    result backend is configured, per-request results."""
+    if not requests_and_results:
+        return
+    if task.app.conf.result_backend:
+        for request, summary in requests_and_results:
+            task.backend.mark_as_done(request.id, summary, request=None)
+    if not task.app.conf.worker_send_task_events:
+        return
+    hostname = requests_and_results[0][0].hostname
+    try:
+        with task.app.events.default_dispatcher(hostname=hostname) as events:
+            now = time.time()
+            for request, summary in requests_and_results:
+                events.send("task-started", uuid=request.id, timestamp=now - runtime)
+                events.send("task-succeeded", uuid=request.id, result=repr(summary), runtime=runtime, timestamp=now)
+    except Exception:  # monitoring must never fail the work
+        log.exception("could not send task events for a batch")
