@@ -42,6 +42,8 @@ def results_under(s3, bucket: str, prefix: str = "results/") -> dict[str, dict]:
     docs = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".json"):
+                continue  # e.g. an image someone put under results/: not a result
             doc = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
             docs[obj["Key"][len(prefix) : -len(".json")]] = doc
     return docs
