@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("vehicle_core").setLevel(logging.INFO)  # our progress, not every S3 request
     try:
         settings = load_settings(args.config)
         out = COMMANDS[args.command](args, settings)
