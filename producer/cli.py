@@ -23,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _listen(args, settings) -> int:
-    from producer.events import KeyFilter
-    from producer.listen import Listener, stop_on_signals
     from vehicle_core.errors import ConfigError
-    from vehicle_core.storage import sqs_client
-    from workers.messages import sender_app
 
     queue_url = args.queue_url or settings.producer.queue_url
     if not queue_url:
         raise ConfigError("no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
+    from producer.events import KeyFilter
+    from producer.listen import Listener, stop_on_signals
+    from vehicle_core.storage import sqs_client
+    from workers.messages import sender_app
+
     listener = Listener(
         sqs=sqs_client(settings.storage),
         queue_url=queue_url,

@@ -86,7 +86,7 @@ def test_dry_run_limit_suffix_and_modified_since(s3, bucket, aws_env, redis_serv
     env = stack_env(broker_url=redis_url(redis_server), aws=aws_env, extra={"VP_BROKER__DETECT_QUEUE": qname})
     dry = _cli(["backfill", f"s3://{bucket}", "--dry-run", "--limit", "3"], env)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("would enqueue") == 3 and client.llen(qname) == 0
+    assert dry.stdout.count("would enqueue s3://") == 3 and client.llen(qname) == 0
     png = _cli(["backfill", f"s3://{bucket}", "--suffix", ".png"], env)
     assert png.returncode == 0, png.stderr
     assert sorted(a[0]["key"] for _, a, _ in queued_tasks(client, qname)) == ["b.png", "c.PNG"]
