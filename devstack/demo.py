@@ -180,8 +180,11 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     from workers.messages import sender_app
 
     broker_url, aws = stack_servers
-    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws.get("AWS_DEFAULT_REGION"))
-    sqs = boto3.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws.get("AWS_DEFAULT_REGION"))
+    session = boto3.Session(aws_access_key_id=aws.get("AWS_ACCESS_KEY_ID"),
+                            aws_secret_access_key=aws.get("AWS_SECRET_ACCESS_KEY"),
+                            region_name=aws.get("AWS_DEFAULT_REGION", "us-east-1"))
+    s3 = session.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"])
+    sqs = session.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket=bucket)
     queue_url = wire_bucket_notifications(s3, sqs, bucket, f"{bucket}-events")
     env = stack_env(broker_url=broker_url, aws=aws, extra={

@@ -83,7 +83,7 @@ def _queues_drained(stack) -> bool:
 def test_every_uploaded_image_gets_exactly_one_current_result(stack):
     # Given: 30 uploads through boto3: valid scenes (odd keys among them), corrupt files, non-images,
     # an object under results/, and one key uploaded twice with different content
-    valid = {f"in/scene-{i:02d}.jpg": _scene(i) for i in range(16)}
+    valid = {f"in/scene-{i:02d}.jpg": _scene(i) for i in range(19)}
     valid["in/with space ü ß.jpg"] = _scene(100)
     valid["in/plus+sign & 日本.jpeg"] = _scene(101)
     valid["in/nested/deep/x.png"] = _scene(102)  # JPEG bytes under .png: decoding goes by content
@@ -99,7 +99,7 @@ def test_every_uploaded_image_gets_exactly_one_current_result(stack):
         _upload(stack, key, data)
     _upload(stack, "in/twice.jpg", _scene(200))
     etags["in/twice.jpg"] = _upload(stack, "in/twice.jpg", _scene(201))  # the second upload wins
-    assert len(valid) + len(corrupt) + len(ignored) + 2 == 27 + 2 and len(etags) == 23
+    assert len(valid) + len(corrupt) + len(ignored) + 2 == 30 and len(etags) == 26
 
     # When: the stream settles
     results = _wait_for_results(stack, etags)
