@@ -115,9 +115,14 @@ def _signal_group(proc: Process, sig: int) -> None:
 
 
 def worker_argv(queue: str, name: str, *, concurrency: int = 1) -> list[str]:
-    """The documented worker command line, run with this interpreter."""
+    """The documented worker command line, run with this interpreter (prefetch per workers.batching)."""
+    from vehicle_core.config import load_settings
+    from workers.batching import prefetch_for
+
+    settings = load_settings()
     return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-c", str(concurrency),
-            "-n", name, "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+            "-n", name, f"--prefetch-multiplier={prefetch_for(queue, settings)}", "--loglevel=INFO",
+            "--without-gossip", "--without-mingle"]
 
 
 def producer_argv(queue_url: str) -> list[str]:

@@ -3,7 +3,12 @@
 Run the two kinds of worker (each with its own model framework, so each its own process pool):
 
     celery -A workers.app worker -Q detect   -c 1 -n detect@%h    # PyTorch: fetch, decode, detect, crop
-    celery -A workers.app worker -Q classify -c 1 -n classify@%h  # TensorFlow: classify, write the result
+    celery -A workers.app worker -Q classify -c 1 -n classify@%h --prefetch-multiplier=16
+                                                                  # TensorFlow: classify, write the result
+
+The classify worker batches (celery-batches): its prefetch must reach ``worker.batch_flush_every``
+or no batch grows past the prefetch count (``workers.batching.prefetch_for``). It has to be given on
+the command line: Celery reads the CLI default before any signal could raise it.
 
 and Flower beside them: ``celery -A workers.app flower --basic-auth=user:password``.
 Every option comes from ``vehicle_core`` settings (broker and worker sections, ``VP_*`` variables).

@@ -4,7 +4,7 @@ celery-batches 0.11 (read from its source, ``celery_batches/__init__.py`` and ``
 
 * the worker buffers messages and flushes them as one call every ``flush_every`` messages or
   ``flush_interval`` seconds; a buffer can only fill up to the prefetch count, so the worker
-  consuming a batching queue must prefetch at least ``flush_every`` (:func:`raise_prefetch_for_batches`);
+  consuming a batching queue must prefetch at least ``flush_every`` (:func:`prefetch_for`);
 * with ``acks_late`` every message of a batch is acked when the batch call *returns*, whether it
   raised or not; a SIGKILL before that leaves them unacked, so Redis redelivers them after
   ``visibility_timeout`` (that is the reliability we keep);
@@ -31,16 +31,14 @@ from workers import store
 log = logging.getLogger(__name__)
 
 
-def raise_prefetch_for_batches(conf, options: dict, *, batch_queue: str, flush_every: int) -> None:
-    """At worker start (celeryd_init): a worker consuming ``batch_queue`` prefetches ``flush_every``
-    messages per process, so its buffer can reach a full batch. Cost: that many messages wait for
+def prefetch_for(queue: str, settings) -> int:
+    """The ``--prefetch-multiplier`` a worker consuming ``queue`` needs: at least a full batch
+    (``worker.batch_flush_every``) on the batching classify queue. Cost: that many messages wait for
     ``visibility_timeout`` if this worker dies."""
-    queues = options.get("queues") or []
-    if isinstance(queues, str):
-        queues = [q.strip() for q in queues.split(",")]
-    if batch_queue in queues and conf.worker_prefetch_multiplier < flush_every:
-        log.info("prefetch %d -> %d so batches of %d can form", conf.worker_prefetch_multiplier, flush_every, flush_every)
-        conf.worker_prefetch_multiplier = flush_every
+    base = settings.worker.prefetch_multiplier
+    if queue == settings.broker.classify_queue:
+        return max(base, settings.worker.batch_flush_every)
+    return base
 
 
 def attempt_of(request) -> int:

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import worker_process_init
 from celery_batches import Batches
 
 from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, TransientError
@@ -51,12 +51,6 @@ def _after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's sockets (S3 connection pool) or models.
     holders.reset()
     metrics.serve(settings.worker.metrics_port)
-
-
-@celeryd_init.connect
-def _prefetch_for_batches(conf=None, options=None, **_: Any) -> None:
-    batching.raise_prefetch_for_batches(conf, options or {}, batch_queue=settings.broker.classify_queue,
-                                        flush_every=settings.worker.batch_flush_every)
 
 
 class ImageTask(Task):

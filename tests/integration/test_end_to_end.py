@@ -178,3 +178,23 @@ def test_tasks_of_a_sigkilled_worker_are_redelivered_to_its_replacement(stack):
     results = _wait_for_results(stack, etags, timeout=240)
     assert all(results[k]["source"]["etag"] == e for k, e in etags.items())
     wait_until(lambda: _detect_unacked(client) == 0, timeout=60, what="no unacked detect task")
+
+
+def test_a_deep_classify_queue_is_classified_in_batches(stack):
+    # Given: the classify worker stopped while 6 images go through detection
+    import re
+
+    client = redis.Redis.from_url(stack.broker_url)
+    classify = next(p for p in stack.processes if p.name == "classify-worker")
+    stop_process(classify)
+    stack.processes.remove(classify)
+    etags = {f"batch/img-{i}.jpg": _upload(stack, f"batch/img-{i}.jpg", _scene(400 + i)) for i in range(6)}
+    wait_until(lambda: client.llen("classify") >= 6, timeout=120, what="6 queued classify tasks")
+    # When: a classify worker starts on the deep queue
+    replacement = start_process("classify-batched", worker_argv("classify", "classify@demo"), stack.env, stack.log_dir)
+    stack.processes.append(replacement)
+    results = _wait_for_results(stack, etags, timeout=240)
+    # Then: it prefetched enough to classify them together, and says so in its log
+    assert all(results[k]["source"]["etag"] == e for k, e in etags.items())
+    sizes = [int(n) for n in re.findall(r"classify batch: (\d+) images", replacement.log_path.read_text())]
+    assert max(sizes) >= 2, sizes

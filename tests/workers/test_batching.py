@@ -4,32 +4,28 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from workers.batching import attempt_of, raise_prefetch_for_batches
+from vehicle_core.config import load_settings
+from workers.batching import attempt_of, prefetch_for
 
 
-def _conf(prefetch: int):
-    return SimpleNamespace(worker_prefetch_multiplier=prefetch)
+def test_the_classify_worker_prefetches_a_full_batch_and_detect_keeps_its_prefetch():
+    settings = load_settings(env={"VP_WORKER__BATCH_FLUSH_EVERY": "12", "VP_WORKER__PREFETCH_MULTIPLIER": "1"})
+    assert prefetch_for("classify", settings) == 12
+    assert prefetch_for("detect", settings) == 1
 
 
-def test_a_worker_consuming_the_batch_queue_prefetches_a_full_batch():
-    conf = _conf(1)
-    raise_prefetch_for_batches(conf, {"queues": ["classify"]}, batch_queue="classify", flush_every=16)
-    assert conf.worker_prefetch_multiplier == 16
+def test_a_larger_configured_prefetch_is_kept():
+    settings = load_settings(env={"VP_WORKER__BATCH_FLUSH_EVERY": "4", "VP_WORKER__PREFETCH_MULTIPLIER": "32"})
+    assert prefetch_for("classify", settings) == 32
 
 
-def test_queues_given_as_a_comma_string_are_understood():
-    conf = _conf(1)
-    raise_prefetch_for_batches(conf, {"queues": "detect,classify"}, batch_queue="classify", flush_every=8)
-    assert conf.worker_prefetch_multiplier == 8
+def test_compose_gives_the_classify_worker_a_full_batch_of_prefetch():
+    import yaml
 
+    from tests.integration.test_deployment_files import ROOT
 
-def test_other_workers_keep_their_prefetch_and_larger_values_are_kept():
-    detect = _conf(1)
-    raise_prefetch_for_batches(detect, {"queues": ["detect"]}, batch_queue="classify", flush_every=16)
-    assert detect.worker_prefetch_multiplier == 1
-    big = _conf(64)
-    raise_prefetch_for_batches(big, {"queues": ["classify"]}, batch_queue="classify", flush_every=16)
-    assert big.worker_prefetch_multiplier == 64
+    command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["classify-worker"]["command"]
+    assert f"--prefetch-multiplier={prefetch_for('classify', load_settings(env={}))}" in command
 
 
 def test_attempts_are_read_from_the_request_kwargs():
