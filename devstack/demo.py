@@ -282,12 +282,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     settings = load_settings()
-    log.info("getting the demo classifier (trained once, then cached under %s)", settings.storage.cache_dir)
-    classifier = ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings.storage)
+    if args.classifier:
+        classifier = Path(args.classifier)
+    else:
+        log.info("getting the demo classifier (trained once, then cached under %s)", settings.storage.cache_dir)
+        classifier = ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings.storage)
     log_dir = Path(args.log_dir).resolve()
     with redis_server() as redis, moto_server() as moto:
         aws = aws_env(_endpoint(moto))
-        stack = start_stack((_url(redis), aws), log_dir=log_dir, classifier=classifier, flower_port=args.flower_port,
+        stack = start_stack((_url(redis), aws), log_dir=log_dir, classifier=classifier,
+                            flower_port=args.flower_port or settings.flower.port,
                             basic_auth=settings.flower.basic_auth)
         try:
             print(f"Flower: {stack.flower_url}  (user:password {settings.flower.basic_auth})")
@@ -338,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=24, help="synthetic images to upload (plus 2 corrupt files)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--flower-port", type=int, help="Flower's port (default: flower.port, 5555)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every result")
     parser.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-demo-logs"),
                         help="where each process writes its log")
+    parser.add_argument("--classifier", help="classifier artifact to serve instead of the cached demo one")
     parser.add_argument("--stay-up", action="store_true", help="keep everything running until Ctrl-C")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
