@@ -127,8 +127,8 @@ def classify(self, requests) -> list[dict[str, Any]]:
         log.info("classify batch: %d images, %d crops, %.0f ms", len(todo), crops, 1000 * (time.perf_counter() - started))
         for (request, _), result in zip(todo, results, strict=True):
             summary = _write(self, request, result)
-            if summary:
-                done.append((request, summary))
+            if summary:  # Flower's result column shows the batch each image was classified in
+                done.append((request, {**summary, "batch_images": len(todo), "batch_crops": crops}))
     runtime = time.perf_counter() - started
     metrics.SECONDS.labels(self.name).observe(runtime)
     batching.report(self, done, runtime=runtime)
