@@ -141,6 +141,10 @@ def test_flower_lists_both_workers_with_basic_auth_and_refuses_without(stack):
     assert _flower_get(f"{stack.flower_url}/api/workers", "tester:wrong")[0] == 401
     status, body = _flower_get(f"{stack.flower_url}/api/queues/length", AUTH)
     assert status == 200 and {q["name"] for q in json.loads(body)["active_queues"]} >= {"detect", "classify"}
+    # Batched classify tasks still appear one by one, succeeded, with their batch size in the result
+    status, body = _flower_get(f"{stack.flower_url}/api/tasks?taskname=workers.tasks.classify&state=SUCCESS", AUTH)
+    tasks = json.loads(body).values()
+    assert status == 200 and tasks and all("batch_images" in (t.get("result") or "") for t in tasks)
 
 
 def _detect_unacked(client) -> int:
