@@ -24,6 +24,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 from celery_batches import Batches
+from kombu.exceptions import OperationalError
 
 from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, TransientError
 from vehicle_core.results import ImageResult, SourceRef
@@ -37,7 +38,8 @@ settings = app.vehicle_settings
 holders = Holders(settings)
 
 RETRY_OPTIONS = {
-    "autoretry_for": (TransientError, ConnectionError, TimeoutError),
+    # Storage blips, and the broker going away while a task hands its result on (kombu OperationalError).
+    "autoretry_for": (TransientError, ConnectionError, TimeoutError, OperationalError),
     "dont_autoretry_for": (InvalidInputError,),
     "max_retries": settings.worker.max_retries,
     "retry_backoff": True,  # 1 s, 2 s, 4 s, ... between attempts

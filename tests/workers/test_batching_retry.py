@@ -1,0 +1,72 @@
+"""Per-request retries of the batched classify task: re-sent with backoff, then an error result."""
+
+from __future__ import annotations
+
+import base64
+import json
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from tests.integration.stack import redis_url
+from vehicle_core.config import ResultSettings, load_settings
+from vehicle_core.errors import StorageUnavailableError, UndecodableImageError
+from vehicle_core.results import SourceRef
+from workers.batching import retry_later
+from workers.messages import CLASSIFY_TASK, sender_app
+
+pytestmark = pytest.mark.integration
+RESULTS = ResultSettings(bucket=None, prefix="results/")
+
+
+@pytest.fixture
+def classify_queue(redis_server):
+    client = redis.Redis.from_url(redis_url(redis_server))
+    client.delete("classify-retry-test")
+    settings = load_settings(env={"VP_BROKER__URL": redis_url(redis_server), "VP_BROKER__CLASSIFY_QUEUE": "classify-retry-test"})
+    return client, sender_app(settings.broker).signature(CLASSIFY_TASK)
+
+
+def _request(attempt: int | None = None):
+    kwargs = {"attempt": attempt} if attempt is not None else {}
+    return SimpleNamespace(id="r1", args=({"source": {"bucket": "b", "key": "k"}},), kwargs=kwargs)
+
+
+def _sent(client) -> list[tuple[dict, str | None]]:
+    out = []
+    for raw in client.lrange("classify-retry-test", 0, -1):
+        envelope = json.loads(raw)
+        _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        out.append((kwargs, envelope["headers"].get("eta")))
+    return out
+
+
+def test_a_transient_failure_is_resent_later_with_the_attempt_counted(classify_queue, s3, bucket):
+    client, task = classify_queue
+    outcome = retry_later(task, _request(), SourceRef(bucket, "k.jpg"), StorageUnavailableError("503"),
+                          max_retries=3, backoff_max=60, s3_client=s3, results=RESULTS)
+    assert outcome == "retry"
+    ((kwargs, eta),) = _sent(client)
+    assert kwargs == {"attempt": 1} and eta is not None
+
+
+def test_after_the_last_retry_an_error_result_is_written_instead(classify_queue, s3, bucket):
+    client, task = classify_queue
+    etag = s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")["ETag"].strip('"')
+    outcome = retry_later(task, _request(attempt=3), SourceRef(bucket, "k.jpg", etag=etag),
+                          StorageUnavailableError("still 503"), max_retries=3, backoff_max=60, s3_client=s3,
+                          results=RESULTS)
+    assert outcome == "gave_up" and _sent(client) == []
+    doc = json.loads(s3.get_object(Bucket=bucket, Key="results/k.jpg.json")["Body"].read())
+    assert doc["status"] == "error" and doc["error"]["code"] == "storage_unavailable"
+
+
+def test_bad_input_is_never_retried(classify_queue, s3, bucket):
+    client, task = classify_queue
+    etag = s3.put_object(Bucket=bucket, Key="bad.jpg", Body=b"x")["ETag"].strip('"')
+    outcome = retry_later(task, _request(), SourceRef(bucket, "bad.jpg", etag=etag), UndecodableImageError("broken"),
+                          max_retries=3, backoff_max=60, s3_client=s3, results=RESULTS)
+    assert outcome == "gave_up" and _sent(client) == []
+    doc = json.loads(s3.get_object(Bucket=bucket, Key="results/bad.jpg.json")["Body"].read())
+    assert doc["error"]["code"] == "undecodable"
