@@ -52,7 +52,9 @@ def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries
     input) write an error result instead so the key is not lost. Returns "retry" or "gave_up"."""
     attempt = attempt_of(request) + 1
     if attempt <= max_retries and not isinstance(exc, InvalidInputError):
-        countdown = get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max, full_jitter=True)
+        # Full jitter may draw 0: keep at least a second so a failing store is not hammered at once.
+        countdown = max(1, get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max,
+                                                            full_jitter=True))
         task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
         log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
         return "retry"
