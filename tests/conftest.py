@@ -21,3 +21,77 @@ def skip_or_fail(reason: str) -> None:
 
 # Model fixtures (a small real classifier artifact, ...) live in their own plugin module.
 pytest_plugins = ["tests.fixtures_models"]
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a free loopback port, for the whole session."""
+    from devstack.servers import redis_server as start_redis
+
+    try:
+        ctx = start_redis()
+        server = ctx.__enter__()
+    except RuntimeError as exc:
+        skip_or_fail(f"cannot start redis-server: {exc}")
+    try:
+        yield server
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's real HTTP server (S3, SQS) in a subprocess on a free loopback port, for the session."""
+    from devstack.servers import moto_server as start_moto
+
+    try:
+        ctx = start_moto()
+        server = ctx.__enter__()
+    except RuntimeError as exc:
+        skip_or_fail(f"cannot start moto server: {exc}")
+    try:
+        yield server
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch):
+    """AWS_* variables pointing this process (and its children) at the moto server."""
+    from devstack.servers import aws_env as make_env
+
+    env = make_env(moto_server.endpoint_url)
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def _client(service: str, endpoint_url: str):
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint_url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def s3(moto_server):
+    """A boto3 S3 client talking to the moto server over HTTP."""
+    return _client("s3", moto_server.endpoint_url)
+
+
+@pytest.fixture
+def sqs(moto_server):
+    """A boto3 SQS client talking to the moto server over HTTP."""
+    return _client("sqs", moto_server.endpoint_url)
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh, uniquely named bucket on the moto server."""
+    import uuid
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
