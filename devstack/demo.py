@@ -334,7 +334,7 @@ def _url(server: Any) -> str:
 
 
 def _endpoint(server: Any) -> str:
-    return server if isinstance(server, str) else server.endpoint
+    return server if isinstance(server, str) else server.endpoint_url
 
 
 def main(argv: list[str] | None = None) -> int:
