@@ -73,7 +73,10 @@ def decode_image(data: bytes, settings: ImageSettings) -> np.ndarray:
         raise ImageTooLargeError(f"the image is {width}x{height} pixels, above the limit of {settings.max_pixels}")
     if width <= 0 or height <= 0:
         raise UndecodableImageError(f"the header declares an empty {width}x{height} image")
-    rgb = _decode_cv(data) if fmt != "tiff" else None
+    # OpenCV pads a truncated JPEG with grey and returns it; PIL refuses it. A JPEG missing its
+    # end-of-image marker therefore goes straight to PIL.
+    truncated_jpeg = fmt == "jpeg" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    rgb = _decode_cv(data) if fmt != "tiff" and not truncated_jpeg else None
     if rgb is None:  # OpenCV refused (CMYK variants, odd TIFFs): PIL as a second, full decoder
         rgb = _decode_pil(data)
     return np.ascontiguousarray(rgb)

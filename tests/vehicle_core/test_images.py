@@ -1,0 +1,191 @@
+"""decode_image: every error code from a real malformed file, and the formats/orientations we accept."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vehicle_core.config import load_settings
+from vehicle_core.errors import (
+    EmptyImageError,
+    ImageTooLargeError,
+    InvalidInputError,
+    UndecodableImageError,
+    UnsupportedFormatError,
+)
+from vehicle_core.images import decode_image, image_size_from_header, sniff_format
+
+SETTINGS = load_settings().images
+W, H = 64, 48
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _marked(w: int = W, h: int = H) -> Image.Image:
+    """Blue image with a red square in the top-left corner: tells which way is up."""
+    img = Image.new("RGB", (w, h), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 16, 16))
+    return img
+
+
+def _assert_red_top_left(rgb: np.ndarray, w: int = W, h: int = H) -> None:
+    assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
+    tl, br = rgb[4, 4].astype(int), rgb[-5, -5].astype(int)
+    assert tl[0] > 200 and tl[2] < 60, f"top-left not red: {tl}"
+    assert br[2] > 200 and br[0] < 60, f"bottom-right not blue: {br}"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_empty_bytes_raise_empty():
+    with pytest.raises(EmptyImageError) as exc:
+        decode_image(b"", SETTINGS)
+    assert exc.value.code == "empty"
+
+
+@pytest.mark.parametrize("data", [
+    _encode(Image.new("P", (8, 8)), "GIF"),
+    b"%PDF-1.4\n1 0 obj << >> endobj\n",
+    b"hello, this is plain text\n",
+    b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+], ids=["gif", "pdf", "text", "heic"])
+def test_unsupported_formats_raise_unsupported(data):
+    with pytest.raises(UnsupportedFormatError) as exc:
+        decode_image(data, SETTINGS)
+    assert exc.value.code == "unsupported_format"
+
+
+def test_truncated_jpeg_raises_undecodable():
+    data = _encode(Image.effect_noise((256, 256), 64).convert("RGB"), "JPEG")
+    with pytest.raises(UndecodableImageError) as exc:
+        decode_image(data[: len(data) * 2 // 3], SETTINGS)
+    assert exc.value.code == "undecodable"
+
+
+def test_png_with_corrupt_crc_raises_undecodable():
+    data = bytearray(_encode(Image.effect_noise((64, 64), 64), "PNG"))
+    idat = data.find(b"IDAT")
+    data[idat + 8] ^= 0xFF  # flip a byte of compressed data: the chunk's CRC no longer matches
+    with pytest.raises(UndecodableImageError):
+        decode_image(bytes(data), SETTINGS)
+
+
+def _lying_png(w: int, h: int) -> bytes:
+    """A real tiny PNG whose IHDR declares w x h (its pixel data is a few bytes)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 10)) \
+        + _png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [7000, 30000])
+def test_png_whose_header_declares_huge_size_is_refused_before_decoding(side):
+    data = _lying_png(side, side)
+    assert len(data) < 100
+    with pytest.raises(ImageTooLargeError) as exc:
+        decode_image(data, SETTINGS)
+    assert exc.value.code == "too_large"
+
+
+def test_header_size_is_read_without_decoding():
+    assert image_size_from_header(_lying_png(7000, 6000)) == (7000, 6000)
+
+
+def test_bytes_above_max_bytes_raise_too_large():
+    data = _encode(_marked(), "PNG")
+    small = type(SETTINGS)(max_pixels=SETTINGS.max_pixels, max_bytes=len(data) - 1)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, small)
+
+
+@pytest.mark.parametrize("fmt,kw", [("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"quality": 95}),
+                                    ("BMP", {}), ("TIFF", {})])
+def test_rgb_formats_decode_upright_rgb(fmt, kw):
+    data = _encode(_marked(), fmt, **kw)
+    assert sniff_format(data) == fmt.lower()
+    _assert_red_top_left(decode_image(data, SETTINGS))
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+    _assert_red_top_left(decode_image(_encode(_marked().convert("CMYK"), "JPEG", quality=95), SETTINGS))
+
+
+def test_palette_png_decodes_to_rgb():
+    _assert_red_top_left(decode_image(_encode(_marked().convert("P"), "PNG"), SETTINGS))
+
+
+def test_rgba_png_is_composited_on_white():
+    img = _marked().convert("RGBA")
+    img.paste((0, 0, 0, 0), (W - 16, H - 16, W, H))  # fully transparent corner
+    rgb = decode_image(_encode(img, "PNG"), SETTINGS)
+    assert tuple(rgb[-2, -2]) == (255, 255, 255)
+    assert tuple(rgb[2, 2]) == (255, 0, 0)
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits():
+    arr = np.zeros((H, W), dtype=np.uint16)
+    arr[:, W // 2:] = 65535
+    rgb = decode_image(_encode(Image.fromarray(arr), "PNG"), SETTINGS)
+    assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[0, -1]) == (255, 255, 255)
+
+
+def test_grayscale_jpeg_decodes_to_three_equal_channels():
+    img = Image.new("L", (W, H), 30)
+    img.paste(220, (0, 0, 16, 16))
+    rgb = decode_image(_encode(img, "JPEG", quality=95), SETTINGS)
+    assert rgb.shape == (H, W, 3)
+    assert rgb[4, 4].min() > 200 and rgb[-5, -5].max() < 60
+
+
+# Which transpose turns the upright image into the stored one for each EXIF orientation.
+_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG-RGBA"])
+def test_exif_orientation_is_applied(orientation, fmt):
+    stored = _marked().transpose(_STORED[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    if fmt == "JPEG":
+        data = _encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    else:  # the IMREAD_UNCHANGED path, where OpenCV does not rotate
+        data = _encode(stored.convert("RGBA"), "PNG", exif=exif.tobytes())
+    _assert_red_top_left(decode_image(data, SETTINGS))
+
+
+def test_random_and_truncated_bytes_only_raise_typed_errors():
+    rng = random.Random(1234)
+    seeds = [_encode(_marked(), f) for f in ("JPEG", "PNG", "WEBP", "BMP", "TIFF")]
+    cases = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))) for _ in range(40)]
+    for seed in seeds:
+        cases += [seed[:n] for n in (1, 4, 12, 40, len(seed) // 2, len(seed) - 3)]
+        for _ in range(6):
+            mutated = bytearray(seed)
+            for _ in range(8):
+                mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
+            cases.append(bytes(mutated))
+    outcomes = {"ok": 0, "error": 0}
+    for data in cases:
+        try:
+            rgb = decode_image(data, SETTINGS)
+        except InvalidInputError:
+            outcomes["error"] += 1
+        else:
+            assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
+            outcomes["ok"] += 1
+    assert outcomes["error"] > 0
