@@ -43,7 +43,13 @@ def crop_one(image: np.ndarray, detection: Detection, settings: CropSettings) ->
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         crop = cv2.copyMakeBorder(
-            crop, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(settings.fill_value,) * 3
+            crop,
+            top,
+            side - h - top,
+            left,
+            side - w - left,
+            cv2.BORDER_CONSTANT,
+            value=(settings.fill_value,) * 3,
         )
     longer = max(crop.shape[:2])
     if longer > settings.size:
@@ -53,7 +59,9 @@ def crop_one(image: np.ndarray, detection: Detection, settings: CropSettings) ->
     return np.ascontiguousarray(crop)
 
 
-def crop_vehicles(image: np.ndarray, detections: Sequence[Detection], settings: CropSettings) -> list[np.ndarray]:
+def crop_vehicles(
+    image: np.ndarray, detections: Sequence[Detection], settings: CropSettings
+) -> list[np.ndarray]:
     """Crops (RGB uint8) of ``detections`` in ``image`` (RGB uint8 H x W x 3), in the same order."""
     return [crop_one(image, d, settings) for d in detections]
 
@@ -61,7 +69,9 @@ def crop_vehicles(image: np.ndarray, detections: Sequence[Detection], settings: 
 def encode_crop(pixels: np.ndarray, settings: CropSettings) -> bytes:
     """RGB uint8 crop -> JPEG bytes at ``settings.jpeg_quality``."""
     ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(settings.jpeg_quality)]
+        ".jpg",
+        cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, int(settings.jpeg_quality)],
     )
     if not ok:
         raise ValueError("OpenCV could not JPEG-encode the crop")

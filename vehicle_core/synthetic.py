@@ -86,24 +86,74 @@ def _draw_car_like(kind: str, img, mask, L: int, H: int, body, rng) -> None:
     r = 0.105 * L
     wy = H - r - 1
     if kind == "sedan":
-        _poly(img, mask, [(0.0, 0.5), (0.22, 0.42), (0.34, 0.08), (0.66, 0.08), (0.8, 0.45), (1.0, 0.52), (1.0, 0.8), (0.0, 0.8)], body, L, H)
+        _poly(
+            img,
+            mask,
+            [
+                (0.0, 0.5),
+                (0.22, 0.42),
+                (0.34, 0.08),
+                (0.66, 0.08),
+                (0.8, 0.45),
+                (1.0, 0.52),
+                (1.0, 0.8),
+                (0.0, 0.8),
+            ],
+            body,
+            L,
+            H,
+        )
         _poly(img, None, [(0.37, 0.14), (0.49, 0.14), (0.49, 0.42), (0.27, 0.42)], glass, L, H)
         _poly(img, None, [(0.52, 0.14), (0.64, 0.14), (0.75, 0.42), (0.52, 0.42)], glass, L, H)
         wheels = (0.18, 0.8)
     elif kind == "suv":
-        _poly(img, mask, [(0.0, 0.06), (0.74, 0.04), (0.86, 0.4), (1.0, 0.46), (1.0, 0.84), (0.0, 0.84)], body, L, H)
+        _poly(
+            img,
+            mask,
+            [(0.0, 0.06), (0.74, 0.04), (0.86, 0.4), (1.0, 0.46), (1.0, 0.84), (0.0, 0.84)],
+            body,
+            L,
+            H,
+        )
         for x0, x1 in ((0.04, 0.26), (0.3, 0.52), (0.56, 0.72)):
-            _poly(img, None, [(x0, 0.12), (x1, 0.12), (x1 + (0.08 if x1 > 0.7 else 0), 0.42), (x0, 0.42)], glass, L, H)
+            _poly(
+                img,
+                None,
+                [(x0, 0.12), (x1, 0.12), (x1 + (0.08 if x1 > 0.7 else 0), 0.42), (x0, 0.42)],
+                glass,
+                L,
+                H,
+            )
         wheels = (0.18, 0.8)
     elif kind == "pickup":
-        _poly(img, mask, [(0.0, 0.42), (0.56, 0.42), (0.58, 0.05), (0.8, 0.05), (0.88, 0.42), (1.0, 0.48), (1.0, 0.82), (0.0, 0.82)], body, L, H)
-        _poly(img, None, [(0.03, 0.46), (0.54, 0.46), (0.54, 0.54), (0.03, 0.54)], (35, 35, 35), L, H)  # open bed
+        _poly(
+            img,
+            mask,
+            [
+                (0.0, 0.42),
+                (0.56, 0.42),
+                (0.58, 0.05),
+                (0.8, 0.05),
+                (0.88, 0.42),
+                (1.0, 0.48),
+                (1.0, 0.82),
+                (0.0, 0.82),
+            ],
+            body,
+            L,
+            H,
+        )
+        _poly(
+            img, None, [(0.03, 0.46), (0.54, 0.46), (0.54, 0.54), (0.03, 0.54)], (35, 35, 35), L, H
+        )  # open bed
         _poly(img, None, [(0.62, 0.12), (0.78, 0.12), (0.84, 0.4), (0.62, 0.4)], glass, L, H)
         wheels = (0.17, 0.8)
     elif kind == "truck":
         box = _colour(rng, sat=(0, 60), val=(150, 250)) if rng.random() < 0.6 else _colour(rng)
         _poly(img, mask, [(0.0, 0.0), (0.74, 0.0), (0.74, 0.82), (0.0, 0.82)], box, L, H)  # cargo box
-        _poly(img, mask, [(0.76, 0.25), (0.93, 0.25), (1.0, 0.5), (1.0, 0.84), (0.76, 0.84)], body, L, H)  # cab
+        _poly(
+            img, mask, [(0.76, 0.25), (0.93, 0.25), (1.0, 0.5), (1.0, 0.84), (0.76, 0.84)], body, L, H
+        )  # cab
         _poly(img, None, [(0.79, 0.3), (0.92, 0.3), (0.96, 0.48), (0.79, 0.48)], glass, L, H)
         _poly(img, mask, [(0.72, 0.7), (0.78, 0.7), (0.78, 0.84), (0.72, 0.84)], (40, 40, 40), L, H)
         wheels = (0.12, 0.27, 0.88)
@@ -112,7 +162,14 @@ def _draw_car_like(kind: str, img, mask, L: int, H: int, body, rng) -> None:
         n = int(rng.integers(6, 9))
         for i in range(n):
             x0 = 0.03 + i * 0.84 / n
-            _poly(img, None, [(x0, 0.14), (x0 + 0.84 / n - 0.02, 0.14), (x0 + 0.84 / n - 0.02, 0.46), (x0, 0.46)], glass, L, H)
+            _poly(
+                img,
+                None,
+                [(x0, 0.14), (x0 + 0.84 / n - 0.02, 0.14), (x0 + 0.84 / n - 0.02, 0.46), (x0, 0.46)],
+                glass,
+                L,
+                H,
+            )
         _poly(img, None, [(0.9, 0.14), (0.98, 0.14), (0.98, 0.8), (0.9, 0.8)], glass, L, H)  # door
         wheels = (0.14, 0.8)
     for wx in wheels:
@@ -132,7 +189,9 @@ def _draw_motorcycle(img, mask, L: int, H: int, body, rng) -> None:
     _poly(img, mask, [(0.4, 0.45), (0.7, 0.42), (0.68, 0.58), (0.42, 0.6)], body, L, H)  # tank
     rider = _colour(rng, val=(40, 200))
     _poly(img, mask, [(0.36, 0.12), (0.52, 0.1), (0.58, 0.46), (0.36, 0.5)], rider, L, H)  # torso
-    cv2.ellipse(img, pts((0.47, 0.09))[0], (int(0.07 * L), int(0.07 * L)), 0, 0, 360, (30, 30, 30), -1)  # helmet
+    cv2.ellipse(
+        img, pts((0.47, 0.09))[0], (int(0.07 * L), int(0.07 * L)), 0, 0, 360, (30, 30, 30), -1
+    )  # helmet
     cv2.ellipse(mask, pts((0.47, 0.09))[0], (int(0.07 * L), int(0.07 * L)), 0, 0, 360, 1, -1)
     for wx in (0.2, 0.82):
         _wheel(img, mask, wx * L, wy, r, rng)
@@ -172,17 +231,25 @@ def background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndar
     W, H = size
     horizon = int(H * rng.uniform(0.3, 0.6))
     img = np.empty((H, W, 3), np.float32)
-    top, low = np.array(_colour(rng, sat=(20, 160), val=(150, 255)), np.float32), np.array(_colour(rng, sat=(0, 80), val=(150, 255)), np.float32)
+    top, low = (
+        np.array(_colour(rng, sat=(20, 160), val=(150, 255)), np.float32),
+        np.array(_colour(rng, sat=(0, 80), val=(150, 255)), np.float32),
+    )
     t = np.linspace(0, 1, max(1, horizon))[:, None, None]
     img[:horizon] = top * (1 - t) + low * t
-    road0, road1 = np.array(_colour(rng, sat=(0, 50), val=(60, 140)), np.float32), np.array(_colour(rng, sat=(0, 50), val=(30, 110)), np.float32)
+    road0, road1 = (
+        np.array(_colour(rng, sat=(0, 50), val=(60, 140)), np.float32),
+        np.array(_colour(rng, sat=(0, 50), val=(30, 110)), np.float32),
+    )
     t = np.linspace(0, 1, max(1, H - horizon))[:, None, None]
     img[horizon:] = road0 * (1 - t) + road1 * t
     img = img.astype(np.uint8)
     for _ in range(int(rng.integers(1, 6))):  # buildings with window grids
         bw, bh = int(W * rng.uniform(0.08, 0.3)), int(horizon * rng.uniform(0.3, 0.95))
         x = int(rng.integers(-bw // 2, W))
-        cv2.rectangle(img, (x, horizon - bh), (x + bw, horizon), _colour(rng, sat=(0, 120), val=(60, 220)), -1)
+        cv2.rectangle(
+            img, (x, horizon - bh), (x + bw, horizon), _colour(rng, sat=(0, 120), val=(60, 220)), -1
+        )
         step = max(4, bw // 5)
         win = _colour(rng, sat=(0, 100), val=(30, 250))
         for wy in range(horizon - bh + step // 2, horizon - step, step):
@@ -190,7 +257,9 @@ def background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndar
                 cv2.rectangle(img, (wx, wy), (wx + step // 2, wy + step // 2), win, -1)
     for _ in range(int(rng.integers(0, 4))):  # trees
         x, r = int(rng.integers(0, W)), int(H * rng.uniform(0.04, 0.12))
-        cv2.rectangle(img, (x - max(1, r // 5), horizon - r), (x + max(1, r // 5), horizon + r // 2), (90, 60, 30), -1)
+        cv2.rectangle(
+            img, (x - max(1, r // 5), horizon - r), (x + max(1, r // 5), horizon + r // 2), (90, 60, 30), -1
+        )
         cv2.circle(img, (x, horizon - r - r // 2), r, _colour(rng, sat=(120, 255), val=(50, 160)), -1)
     for _ in range(int(rng.integers(3, 12))):  # random clutter shapes
         c, x, y = _colour(rng, sat=(0, 255), val=(30, 255)), int(rng.integers(0, W)), int(rng.integers(0, H))
@@ -296,7 +365,9 @@ def make_vehicle_image(rng: np.random.Generator, label: str, size: int | tuple[i
     f = min(W / m.shape[1], H / m.shape[0], 1.0) * 0.95
     if f < 1.0:
         pix = cv2.resize(pix, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        m = cv2.resize(m.astype(np.uint8), (pix.shape[1], pix.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+        m = cv2.resize(
+            m.astype(np.uint8), (pix.shape[1], pix.shape[0]), interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
     h, w = m.shape
     y, x = (H - h) // 2, (W - w) // 2
     img[y : y + h, x : x + w][m] = pix[m]
