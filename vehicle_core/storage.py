@@ -34,7 +34,7 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 
 def _config(storage: StorageSettings) -> Config:
     return Config(
-        retries={"mode": "adaptive", "max_attempts": storage.max_attempts},
+        retries={"mode": "adaptive", "total_max_attempts": storage.max_attempts},  # attempts, first included
         connect_timeout=storage.connect_timeout_s,
         read_timeout=storage.read_timeout_s,
     )
