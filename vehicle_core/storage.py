@@ -139,7 +139,12 @@ def resolve_local(uri: str, storage: StorageSettings) -> Path:
     path = Path(uri).expanduser()
     if not path.exists():
         raise ModelLoadError(f"{uri}: no such file or directory; pass an existing path or an s3:// URI")
-    return _extract_if_archive(path, path.parent / _archive_stem(path)) if _is_archive(path) else path
+    if not _is_archive(path):
+        return path
+    # Extract into the cache (the archive's folder may be read-only), keyed by path, size and mtime.
+    stat = path.stat()
+    tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _extract_if_archive(path, Path(storage.cache_dir).expanduser() / "local" / f"{_archive_stem(path)}-{tag}")
 
 
 def _is_archive(path: Path | str) -> bool:

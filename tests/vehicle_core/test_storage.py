@@ -167,3 +167,14 @@ def test_resolve_missing_s3_object_and_zoo(aws_env, storage, bucket):
         resolve_local(f"s3://{bucket}/nothing-here", storage)
     with pytest.raises(ModelLoadError, match="zoo://no-such-model"):
         resolve_local("zoo://no-such-model", storage)
+
+
+def test_resolve_local_tar_gz_extracts_into_cache(tmp_path, storage):
+    archive = tmp_path / "m.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("w.bin")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    path = resolve_local(str(archive), storage)
+    assert (path / "w.bin").read_bytes() == b"ok"
+    assert str(path).startswith(storage.cache_dir)
