@@ -80,3 +80,14 @@ def test_dockerfile_installs_the_gpu_stack_the_documented_way():
     assert '"tensorflow[and-cuda]==2.21.0"' in text
     assert '"torch==2.14.1" "torchvision==0.29.1"' in text
     assert 'pip install -e ".[torch,workers]"' in text
+
+
+def test_dockerfile_serves_the_cards_r101_fpn_detector_through_detectron2():
+    import re
+
+    from vehicle_core.detection.detectron2_backend import parse_model_spec
+
+    env = dict(re.findall(r"^\s+(VP_[A-Z_]+)=(\S+)", (ROOT / "Dockerfile.gpu").read_text(), flags=re.M))
+    assert env["VP_DETECTOR__BACKEND"] == "detectron2"
+    spec = parse_model_spec(env["VP_DETECTOR__MODEL"], resolve=None)
+    assert spec.config_is_zoo and "R_101_FPN" in spec.config
