@@ -55,6 +55,17 @@ class Registry:
         return sorted(set(self._factories) | set(self._lazy))
 
 
+def keep_triton_away_from_tensorflow() -> None:
+    """Call before importing torchvision/detectron2. Triton (a dependency of PyTorch's CUDA wheels)
+    and TensorFlow each load their own LLVM; loading triton's after TensorFlow's segfaults the process
+    (seen with torch 2.14 + tensorflow 2.21). Nothing here uses torch.compile, so in a process that has
+    already imported TensorFlow, triton is marked absent and PyTorch runs without it."""
+    import sys
+
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # ``import triton`` -> ImportError
+
+
 DETECTOR_REGISTRY = Registry("detector.backend")
 DETECTOR_REGISTRY.register_lazy("torchvision", "vehicle_core.detection.torchvision_backend")
 DETECTOR_REGISTRY.register_lazy("detectron2", "vehicle_core.detection.detectron2_backend")

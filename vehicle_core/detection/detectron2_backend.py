@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vehicle_core.config import DetectorSettings, StorageSettings
-from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections
+from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections, keep_triton_away_from_tensorflow
 from vehicle_core.errors import ModelLoadError
 from vehicle_core.results import Detection, ModelInfo
 
@@ -84,6 +84,7 @@ def parse_model_spec(model: str, resolve: Any) -> ModelSpec:
 
 
 def _import_detectron2() -> dict[str, Any]:
+    keep_triton_away_from_tensorflow()
     try:
         import detectron2.data.transforms as T
         from detectron2 import model_zoo

@@ -11,6 +11,7 @@
 Arches are built by name from ``ARCHES`` (in the manner of timm / detectron2 registries).
 """
 
+# ruff: noqa: E402  (torch is imported after the triton guard below)
 from __future__ import annotations
 
 import json
@@ -18,6 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from vehicle_core.config import DetectorSettings, StorageSettings
+from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections, keep_triton_away_from_tensorflow
+from vehicle_core.errors import ConfigError, ModelLoadError
+from vehicle_core.results import Detection, ModelInfo
+
+keep_triton_away_from_tensorflow()  # before torch/torchvision: see its docstring
+
 import torch
 from torch import nn
 from torchvision.models import detection as tvd
@@ -28,11 +37,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
-
-from vehicle_core.config import DetectorSettings, StorageSettings
-from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections
-from vehicle_core.errors import ConfigError, ModelLoadError
-from vehicle_core.results import Detection, ModelInfo
 
 COCO_CATEGORIES: list[str] = list(_COCO_CATEGORIES)  # index -> name, torchvision's 91-entry COCO order
 

@@ -98,3 +98,19 @@ def test_unknown_arch_in_manifest_is_a_config_error(tmp_path):
 def test_bad_torchvision_uri_is_a_config_error():
     with pytest.raises(ConfigError):
         build_detector(detector_settings("torchvision://maskrcnn_resnet50_fpn_v2/NO_SUCH"), STORAGE)
+
+
+def test_detector_works_in_a_process_that_imported_tensorflow_first():
+    # Triton's LLVM loaded after TensorFlow's segfaults; the backend must keep them apart.
+    import subprocess
+    import sys
+
+    code = ("import tensorflow, numpy as np\n"
+            "from vehicle_core.config import load_settings\n"
+            "from vehicle_core.detection import build_detector\n"
+            "s = load_settings()\n"
+            "d = build_detector(s.detector, s.storage)\n"
+            "print(len(d.detect([np.zeros((64, 96, 3), np.uint8)])))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("1")
