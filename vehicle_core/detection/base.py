@@ -23,6 +23,32 @@ class Detector(Protocol):
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]: ...
 
 
+class BatchedDetector:
+    """What every backend shares: ``detect`` in forward passes of ``settings.batch_size`` images, and
+    the vehicle filter with the settings' thresholds. Subclasses set ``settings`` and ``info`` and
+    implement ``_detect_batch``."""
+
+    settings: DetectorSettings
+    info: ModelInfo
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Vehicles in each RGB uint8 image, ``settings.batch_size`` images per forward pass."""
+        out: list[list[Detection]] = []
+        step = max(1, self.settings.batch_size)
+        for start in range(0, len(images), step):
+            out.extend(self._detect_batch(images[start : start + step]))
+        return out
+
+    def _detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        raise NotImplementedError
+
+    def _vehicles(self, boxes, scores, labels, masks, image_size: tuple[int, int]) -> list[Detection]:
+        s = self.settings
+        return filter_detections(boxes, scores, labels, masks, vehicle_classes=s.vehicle_classes,
+                                 score_threshold=s.score_threshold, min_box_size=s.min_box_size,
+                                 max_vehicles=s.max_vehicles, image_size=image_size)
+
+
 class Registry:
     """Name -> factory, in the manner of detectron2's ``Registry``."""
 

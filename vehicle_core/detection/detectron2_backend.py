@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vehicle_core.config import DetectorSettings, StorageSettings
-from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections, keep_triton_away_from_tensorflow
+from vehicle_core.detection.base import DETECTOR_REGISTRY, BatchedDetector, keep_triton_away_from_tensorflow
 from vehicle_core.errors import ModelLoadError
 from vehicle_core.results import Detection, ModelInfo
 
@@ -98,7 +98,7 @@ def _import_detectron2() -> dict[str, Any]:
                 MetadataCatalog=MetadataCatalog, build_model=build_model)
 
 
-class Detectron2Detector:
+class Detectron2Detector(BatchedDetector):
     """A detectron2 GeneralizedRCNN behind the ``Detector`` protocol."""
 
     def __init__(self, spec: ModelSpec, settings: DetectorSettings) -> None:
@@ -137,14 +137,6 @@ class Detectron2Detector:
         self.resize = d2["T"].ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """Vehicles in each RGB uint8 image, ``settings.batch_size`` images per forward pass."""
-        out: list[list[Detection]] = []
-        step = max(1, self.settings.batch_size)
-        for start in range(0, len(images), step):
-            out.extend(self._detect_batch(images[start : start + step]))
-        return out
-
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         import torch
 
@@ -160,21 +152,10 @@ class Detectron2Detector:
         return [self._to_detections(o["instances"].to("cpu"), im.shape[:2]) for o, im in zip(outputs, images, strict=True)]
 
     def _to_detections(self, instances: Any, image_size: tuple[int, int]) -> list[Detection]:
-        s = self.settings
         classes = instances.pred_classes.numpy()
         labels = [self.categories[c] if c < len(self.categories) else "?" for c in classes.tolist()]
         masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
-        return filter_detections(
-            instances.pred_boxes.tensor.numpy(),
-            instances.scores.numpy(),
-            labels,
-            masks,
-            vehicle_classes=s.vehicle_classes,
-            score_threshold=s.score_threshold,
-            min_box_size=s.min_box_size,
-            max_vehicles=s.max_vehicles,
-            image_size=image_size,
-        )
+        return self._vehicles(instances.pred_boxes.tensor.numpy(), instances.scores.numpy(), labels, masks, image_size)
 
 
 @DETECTOR_REGISTRY.register("detectron2")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vehicle_core.config import DetectorSettings, StorageSettings
-from vehicle_core.detection.base import DETECTOR_REGISTRY, filter_detections, keep_triton_away_from_tensorflow
+from vehicle_core.detection.base import DETECTOR_REGISTRY, BatchedDetector, keep_triton_away_from_tensorflow
 from vehicle_core.errors import ConfigError, ModelLoadError
 from vehicle_core.results import Detection, ModelInfo
 
@@ -186,7 +186,7 @@ def load_pretrained(uri: str) -> tuple[nn.Module, list[str], ModelInfo]:
     return model, list(weights.meta["categories"]), ModelInfo(f"torchvision-{builder}", member)
 
 
-class TorchvisionDetector:
+class TorchvisionDetector(BatchedDetector):
     """A torchvision detection model behind the ``Detector`` protocol."""
 
     def __init__(self, model: nn.Module, categories: Sequence[str], info: ModelInfo, settings: DetectorSettings):
@@ -196,38 +196,17 @@ class TorchvisionDetector:
         self.categories = list(categories)
         self.info = info
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """Vehicles in each RGB uint8 image, in ``settings.batch_size`` forward passes."""
-        out: list[list[Detection]] = []
-        step = max(1, self.settings.batch_size)
-        for start in range(0, len(images), step):
-            out.extend(self._detect_batch(images[start : start + step]))
-        return out
-
     @torch.inference_mode()
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1).float() / 255 for im in images]
         results = self.model(tensors) if tensors else []
-        s = self.settings
         found = []
         for image, r in zip(images, results, strict=True):
             masks = r.get("masks")
             if masks is not None:
                 masks = (masks[:, 0] > 0.5).cpu().numpy()  # soft masks -> full-image bool
             labels = [self.categories[i] if i < len(self.categories) else "?" for i in r["labels"].tolist()]
-            found.append(
-                filter_detections(
-                    r["boxes"].cpu().numpy(),
-                    r["scores"].cpu().numpy(),
-                    labels,
-                    masks,
-                    vehicle_classes=s.vehicle_classes,
-                    score_threshold=s.score_threshold,
-                    min_box_size=s.min_box_size,
-                    max_vehicles=s.max_vehicles,
-                    image_size=image.shape[:2],
-                )
-            )
+            found.append(self._vehicles(r["boxes"].cpu().numpy(), r["scores"].cpu().numpy(), labels, masks, image.shape[:2]))
         return found
 
 
