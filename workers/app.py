@@ -19,7 +19,7 @@ from __future__ import annotations
 from celery import Celery
 
 from vehicle_core.config import Settings, load_settings
-from workers.messages import CLASSIFY_TASK, DETECT_TASK
+from workers.messages import task_routes
 
 
 def celery_config(settings: Settings) -> dict:
@@ -52,10 +52,7 @@ def celery_config(settings: Settings) -> dict:
             "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
-        "task_routes": {
-            DETECT_TASK: {"queue": broker.detect_queue},
-            CLASSIFY_TASK: {"queue": broker.classify_queue},
-        },
+        "task_routes": task_routes(broker),
         "task_default_queue": broker.detect_queue,
         # Flower (and `celery events`) need task events; "sent" events show tasks still queued.
         "worker_send_task_events": True,

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: Registered names of the two tasks (workers/tasks.py registers them under these names).
 DETECT_TASK = "workers.tasks.detect_crop"
 CLASSIFY_TASK = "workers.tasks.classify"
+#: ``vehicle-train crop`` on the detect workers: one chunk of a training dataset (workers/dataset_crops.py).
+CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
 
 
 class MalformedMessageError(InvalidInputError):
@@ -84,12 +86,18 @@ def is_result_key(key: str, prefix: str) -> bool:
     return key.startswith(prefix)
 
 
+def task_routes(broker: BrokerSettings) -> dict[str, dict[str, str]]:
+    """Which queue each task goes to: detect-side tasks (PyTorch) and classify (TensorFlow)."""
+    detect = {"queue": broker.detect_queue}
+    return {DETECT_TASK: detect, CROP_CHUNK_TASK: detect, CLASSIFY_TASK: {"queue": broker.classify_queue}}
+
+
 def sender_app(broker: BrokerSettings) -> Celery:
     """A Celery app that only sends: broker URL and routes, no task modules, no models."""
     from celery import Celery
 
     app = Celery("vehicle-producer", broker=broker.url, backend=broker.result_backend, set_as_current=False)
-    app.conf.task_routes = {DETECT_TASK: {"queue": broker.detect_queue}, CLASSIFY_TASK: {"queue": broker.classify_queue}}
+    app.conf.task_routes = task_routes(broker)
     app.conf.broker_transport_options = {"visibility_timeout": broker.visibility_timeout_s}
     # Flower shows a task as "sent" (and its args) from the moment the producer enqueues it.
     app.conf.task_send_sent_event = True

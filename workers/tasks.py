@@ -1,4 +1,4 @@
-"""The two Celery tasks: thin wrappers that decode a message, call vehicle_core and store the result.
+"""The Celery tasks: thin wrappers that decode a message, call vehicle_core and store the result.
 
 Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messages.enqueue_image``):
 
@@ -9,6 +9,9 @@ Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messa
   over all their crops at once, and writes each ``results/<key>.json`` unless a newer upload
   replaced the source meanwhile. Batch sizes go to the log, to Prometheus (``vp_batch_size``) and,
   per request, to Flower's result column. See workers/batching.py for what celery-batches changes.
+
+``crop_dataset_chunk`` (queue ``detect``) serves ``vehicle-train crop``: training crops cut by the
+detector in service (workers/dataset_crops.py).
 
 Bad input never retries: it travels as an error CropSet and becomes an ``error`` result. Transient
 storage errors retry with exponential backoff; once retries are exhausted an error result is
@@ -30,7 +33,7 @@ from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, 
 from vehicle_core.results import ImageResult, SourceRef
 from workers import batching, metrics, store
 from workers.app import app
-from workers.messages import CLASSIFY_TASK, DETECT_TASK, ImageMessage, MalformedMessageError
+from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK, ImageMessage, MalformedMessageError
 from workers.models import Holders
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,20 @@ def detect_crop(self, message: dict[str, Any]) -> dict[str, Any]:
     metrics.BATCH_SIZE.labels("detect").observe(1)
     metrics.TASKS.labels(self.name, "error" if crop_set.error else "ok").inc()
     return crop_set.to_message()
+
+
+@app.task(bind=True, name=CROP_CHUNK_TASK, **RETRY_OPTIONS)
+def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, ground_truth: dict | None,
+                       part_uri: str) -> dict[str, Any]:
+    """One chunk of ``vehicle-train crop`` (see workers/dataset_crops.py), cut with this worker's detector."""
+    from workers.dataset_crops import run_chunk
+
+    stage = holders.detect.get() if ground_truth is None else None
+    with metrics.SECONDS.labels(self.name).time():
+        summary = run_chunk(examples, dst_root, ground_truth, part_uri, settings=settings, stage=stage,
+                            worker=self.request.hostname)
+    metrics.TASKS.labels(self.name, "ok").inc()
+    return summary
 
 
 def _detect(client, msg: ImageMessage):

@@ -202,3 +202,32 @@ def test_a_deep_classify_queue_is_classified_in_batches(stack):
     assert all(results[k]["source"]["etag"] == e for k, e in etags.items())
     sizes = [int(n) for n in re.findall(r"classify batch: (\d+) images", replacement.log_path.read_text())]
     assert max(sizes) >= 2, sizes
+
+
+def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
+    # Given: 24 labelled scenes and one corrupt image in a bucket the producer does not watch
+    from vehicle_core.training import cli
+    from vehicle_core.training.dataset import ObjectReader, index_dataset
+    from vehicle_core.training.synth_data import write_scene_dataset
+
+    for name, value in stack.env.items():
+        if name.startswith("AWS_") or name == "VP_BROKER__URL":
+            monkeypatch.setenv(name, value)
+    stack.s3.create_bucket(Bucket="datasets")
+    store = ObjectReader(load_settings().storage)
+    write_scene_dataset("s3://datasets/scenes", store, n=24, seed=5)
+    corrupt = "s3://datasets/scenes/train/sedan/corrupt.jpg"
+    store.write(corrupt, b"\xff\xd8\xff\xe0 truncated")
+
+    # When: `vehicle-train crop` is asked to use the detect workers
+    assert cli.main(["crop", "s3://datasets/scenes", "s3://datasets/crops", "--via", "celery"]) == 0
+
+    # Then: the detect worker cut them, every image is accounted for, the corrupt one by its error code
+    report = json.loads(store.read("s3://datasets/crops/report.json"))
+    assert report["executor"].startswith("celery") and "detect@demo" in report["executor"]
+    assert report["written"] + len(report["skipped"]) == 25
+    assert {"uri": corrupt, "skipped": "undecodable", "worker": "detect@demo"} in report["skipped"]
+    assert report["written"] >= 18  # the zoo detector finds ~9 in 10 synthetic vehicles
+    crops = index_dataset("s3://datasets/crops", store)
+    assert len(crops.examples) == report["written"]
+    assert not list(store.list("s3://datasets/crops/_parts"))  # the workers' answers were cleaned up

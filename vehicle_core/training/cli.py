@@ -2,15 +2,15 @@
 
     vehicle-train make-synthetic s3://b/synth --per-class 200          # labelled synthetic crops
     vehicle-train make-synthetic s3://b/scenes --scenes 600            # cluttered scenes + boxes
-    vehicle-train crop s3://b/scenes s3://b/scenes-crops [--ground-truth]
+    vehicle-train crop s3://b/scenes s3://b/scenes-crops [--ground-truth] [--via auto|celery|local]
     vehicle-train train s3://b/synth --run-dir runs/a [--version V]    # training.* settings apply
     vehicle-train evaluate runs/a/artifact s3://b/synth --out reports/a [--upload s3://b/reports/a]
     vehicle-train publish runs/a/artifact s3://b/models/classifier
     vehicle-train compare reports/a reports/b
-    vehicle-train quickstart --bucket b                                # all of it, end to end
+    vehicle-train quickstart --bucket b [--local-s3]                   # all of it, end to end
 
 Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
-Exit status 0 on success, 2 on a configuration, model or data problem.
+Exit status 0 on success, 2 on a configuration, model, data or S3 problem (one line on stderr).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from vehicle_core.config import load_settings
 from vehicle_core.errors import VehiclePipelineError
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("dst")
     s.add_argument("--ground-truth", action="store_true", help="boxes from annotations.jsonl, not the detector")
+    s.add_argument("--via", choices=("auto", "celery", "local"), default="auto",
+                   help="auto: on the Celery detect workers when they answer and both roots are s3://, else here")
 
     s = sub.add_parser("train", help="train a classifier; the artifact lands in RUN_DIR/artifact")
     s.add_argument("data", help="dataset root (split/label layout) or a .csv manifest")
@@ -68,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bucket", required=True)
     s.add_argument("--out", default="quickstart-out", help="local folder for the run and the report")
     s.add_argument("--per-class", type=int, default=200)
+    s.add_argument("--local-s3", action="store_true",
+                   help="start moto's S3 server on loopback for the run (no AWS account needed) and create the bucket")
     return p
 
 
@@ -78,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         out = COMMANDS[args.command](args, settings)
-    except (VehiclePipelineError, ValueError, OSError) as exc:
+    except (VehiclePipelineError, ValueError, OSError, BotoCoreError, ClientError) as exc:
         print(f"vehicle-train {args.command}: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     if out is not None:
@@ -99,8 +105,29 @@ def _make_synthetic(args, settings):
 def _crop(args, settings):
     from vehicle_core.training.crops import crop_dataset
 
-    rows = crop_dataset(args.src, args.dst, settings, use_ground_truth=args.ground_truth)
-    return {"written": sum("key" in r for r in rows), "skipped": sum("skipped" in r for r in rows)}
+    map_chunks = _detect_workers_map(args, settings)
+    rows = crop_dataset(args.src, args.dst, settings, use_ground_truth=args.ground_truth, map_chunks=map_chunks)
+    return {"written": sum("key" in r for r in rows), "skipped": sum("skipped" in r for r in rows),
+            "executor": getattr(map_chunks, "description", "local")}
+
+
+def _detect_workers_map(args, settings):
+    """The Celery ``map_chunks`` when ``--via`` asks for it (or ``auto`` finds detect workers), else None."""
+    on_s3 = args.src.startswith("s3://") and args.dst.startswith("s3://")
+    if args.via == "local" or (args.via == "auto" and not on_s3):
+        return None
+    if not on_s3:
+        raise ValueError("--via celery needs s3:// source and destination: the workers cannot see local folders")
+    from workers.dataset_crops import CeleryChunks, find_detect_workers  # the one place training needs Celery
+
+    found = find_detect_workers(settings)
+    if found:
+        print(f"cropping on the detect workers: {', '.join(found)}", file=sys.stderr)
+        return CeleryChunks(settings, found)
+    if args.via == "celery":
+        raise ValueError(f"--via celery: no worker consumes queue {settings.broker.detect_queue!r} at {settings.broker.url}")
+    print("no detect worker answered: cropping in this process", file=sys.stderr)
+    return None
 
 
 def _train(args, settings):
@@ -146,7 +173,19 @@ def _compare(args, settings):
 def _quickstart(args, settings):
     from vehicle_core.training.quickstart import run_quickstart
 
-    return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
+    if not args.local_s3:
+        return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
+    import os
+
+    from devstack.servers import aws_env, moto_server
+    from vehicle_core.storage import s3_client
+
+    with moto_server() as moto:
+        print(f"moto S3 server on {moto.endpoint_url} (gone when this command ends)", file=sys.stderr)
+        os.environ.update(aws_env(moto.endpoint_url))  # boto3 in this process and its threads
+        local = settings.replace(storage={"endpoint_url": moto.endpoint_url})
+        s3_client(local.storage).create_bucket(Bucket=args.bucket)
+        return run_quickstart(local, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
 
 
 COMMANDS = {

@@ -6,8 +6,10 @@ Input and output use the reader's layout (``<root>/<split>/<label>/<file>``); th
 ``manifest.csv`` (``key,label,split``) and ``report.json`` (images without a vehicle, unreadable ones).
 
 The unit of work is :func:`crop_chunk`: plain arguments in (URIs, labels, splits, settings as a dict),
-plain rows out, so a Celery detect worker can run it as a task; :func:`crop_dataset` maps it over
-chunks locally with a thread pool unless given another ``map_chunks`` (e.g. a Celery ``group``).
+plain rows out; :func:`crop_dataset` maps it over chunks locally with a thread pool unless given another
+``map_chunks``. ``workers.dataset_crops`` is that other one: each chunk becomes a task on the detect
+queue, run by the detect workers with the detector they serve (``vehicle-train crop`` picks it when
+detect workers answer).
 """
 
 from __future__ import annotations
@@ -62,7 +64,22 @@ def crop_chunk(
     for a written crop, or ``uri`` and ``skipped`` (``no_vehicle`` or an error code).
     """
     s = load_settings(env={}).replace(**settings)
-    store = ObjectReader(s.storage)
+    stage = None if ground_truth is not None else _detect_stage(s)
+    return crop_examples(examples, dst_root, s, stage=stage, ground_truth=ground_truth, store=ObjectReader(s.storage))
+
+
+def crop_examples(
+    examples: Sequence[dict[str, str]],
+    dst_root: str,
+    settings: Settings,
+    *,
+    stage: Any,
+    ground_truth: dict[str, list[dict[str, Any]]] | None,
+    store: ObjectReader,
+) -> list[dict[str, str]]:
+    """:func:`crop_chunk` with the objects already built: a loaded ``DetectStage`` (unused with
+    ``ground_truth``) and a reader. A detect worker calls this with the stage it serves images with."""
+    s = settings
     items, rows = [], []
     for ex in examples:
         try:
@@ -70,7 +87,7 @@ def crop_chunk(
         except OSError as exc:
             rows.append({"uri": ex["uri"], "skipped": f"unreadable: {exc}"})
     if ground_truth is None:
-        crop_sets = _detect_stage(s).run(items)
+        crop_sets = stage.run(items)
     else:
         crop_sets = [_ground_truth_crops(data, src, ground_truth.get(src.key, []), s) for data, src in items]
     by_uri = {ex["uri"]: ex for ex in examples}
@@ -115,8 +132,8 @@ def crop_dataset(
     """Crop every image under ``src_root`` into ``dst_root``; returns the rows of all chunks.
 
     ``use_ground_truth`` takes boxes from ``src_root/annotations.jsonl`` (see ``synth_data``) instead of
-    running the detector. ``map_chunks(fn, list_of_args)`` runs the chunks; the default is a local
-    thread pool of ``workers`` (the detector itself is shared and its batches serialised per thread).
+    running the detector. ``map_chunks(fn, list_of_args)`` runs the chunks (its ``description`` goes
+    into ``report.json``); the default is a local thread pool of ``workers`` (one shared detector).
     """
     store = ObjectReader(settings.storage)
     index = index_dataset(src_root, store)
@@ -126,12 +143,14 @@ def crop_dataset(
     chunks = [examples[i : i + CHUNK] for i in range(0, len(examples), CHUNK)]
     args = [(chunk, dst_root, overrides, _subset(truth, chunk)) for chunk in chunks]
     if map_chunks is None:
+        executor = f"local ({workers} threads)"
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(lambda a: crop_chunk(*a), args))
     else:
+        executor = getattr(map_chunks, "description", repr(map_chunks))
         results = map_chunks(crop_chunk, args)
     rows = [row for chunk_rows in results for row in chunk_rows]
-    _write_outputs(dst_root, rows, store)
+    _write_outputs(dst_root, rows, store, executor=executor)
     return rows
 
 
@@ -144,7 +163,7 @@ def _read_annotations(src_root: str, store: ObjectReader) -> dict[str, list[dict
     return {rec["uri"]: rec["objects"] for rec in map(json.loads, filter(None, text.splitlines()))}
 
 
-def _write_outputs(dst_root: str, rows: list[dict[str, str]], store: ObjectReader) -> None:
+def _write_outputs(dst_root: str, rows: list[dict[str, str]], store: ObjectReader, *, executor: str) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["key", "label", "split"])
@@ -154,6 +173,6 @@ def _write_outputs(dst_root: str, rows: list[dict[str, str]], store: ObjectReade
             writer.writerow([row["key"].removeprefix(base), row["label"], row["split"]])
     store.write(base + "manifest.csv", buf.getvalue().encode())
     skipped = [row for row in rows if "skipped" in row]
-    report = {"written": len(rows) - len(skipped), "skipped": skipped}
+    report = {"written": len(rows) - len(skipped), "skipped": skipped, "executor": executor}
     store.write(base + "report.json", json.dumps(report, indent=2).encode())
     log.info("cropped %d images into %s; skipped %d", report["written"], dst_root, len(skipped))

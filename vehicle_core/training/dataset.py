@@ -98,7 +98,10 @@ class ObjectReader:
         from vehicle_core.storage import parse_s3_uri
 
         bucket, key = parse_s3_uri(uri)
-        data = self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            data = self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self._client().exceptions.NoSuchKey as exc:  # like a missing local file: an OSError
+            raise FileNotFoundError(f"{uri}: no such object") from exc
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".part")
@@ -116,6 +119,16 @@ class ObjectReader:
 
         bucket, key = parse_s3_uri(uri)
         self._client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    def delete(self, uri: str) -> None:
+        """Remove the object at an ``s3://`` URI or a local path (nothing there is fine)."""
+        if not uri.startswith("s3://"):
+            Path(uri).unlink(missing_ok=True)
+            return
+        from vehicle_core.storage import parse_s3_uri
+
+        bucket, key = parse_s3_uri(uri)
+        self._client().delete_object(Bucket=bucket, Key=key)
 
     def list(self, root: str) -> Iterable[str]:
         """Every key (as a full URI/path) under ``root``, folder markers (ending in '/') included."""
@@ -228,6 +241,7 @@ def make_tf_dataset(
             return np.zeros((image_size, image_size, 3), np.uint8), False
         return image, True
 
+    @tf.autograph.experimental.do_not_convert  # plain graph ops: nothing for AutoGraph to rewrite
     def fetch(uri, label):
         image, ok = tf.py_function(load, [uri], [tf.uint8, tf.bool])
         image.set_shape((image_size, image_size, 3))
