@@ -7,6 +7,7 @@ values, so models can be benchmarked untrained (``--classifier-input``, ``--dete
 Each row runs its whole batch in one forward pass.
 
     python -m vehicle_core.bench                       # configured detector + ResNet50 classifier
+    python -m vehicle_core.bench --crop-messages 40    # ... and the size of crops on the wire
     python -m vehicle_core.bench --skip-classifier --detector-arch maskrcnn_resnet101_fpn \
         --detector-min-size 800 --detector-batches 1,8  # the card's R101-FPN, untrained, torchvision
 """
@@ -120,6 +121,36 @@ def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str
     return rows
 
 
+def crop_message_sizes(scene_sizes: Sequence[tuple[int, int]], n: int, seed: int = 0) -> list[str]:
+    """Markdown rows: how big the detect -> classify message (a CropSet with its JPEG crops) gets."""
+    import json
+
+    from vehicle_core.pipeline import DetectStage
+    from vehicle_core.results import SourceRef
+    from vehicle_core.synthetic import encode, make_scene
+
+    stage = DetectStage.from_settings(load_settings())
+    rng = np.random.default_rng(seed)
+    lines = ["| source image | source JPEG (median) | vehicles/image | message (median) | message (max) | per crop |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for w, h in scene_sizes:
+        sizes, crops, sources = [], [], []
+        for i in range(n):
+            data = encode(make_scene(rng, size=(w, h)).image, ".jpg")
+            crop_set = stage.run([(data, SourceRef("bench", f"{i}.jpg"))])[0]
+            if crop_set.crops:
+                sizes.append(len(json.dumps(crop_set.to_message())))
+                crops.append(len(crop_set.crops))
+                sources.append(len(data))
+        if not sizes:
+            lines.append(f"| {w}x{h} | no vehicle found in {n} scenes | | | | |")
+            continue
+        per_crop = statistics.median(b / c for b, c in zip(sizes, crops, strict=True))
+        lines.append(f"| {w}x{h} | {statistics.median(sources) / 1e3:.0f} KB | {statistics.mean(crops):.1f} | "
+                     f"{statistics.median(sizes) / 1e3:.1f} KB | {max(sizes) / 1e3:.1f} KB | {per_crop / 1e3:.1f} KB |")
+    return lines
+
+
 def print_table(rows: Sequence[Row]) -> None:
     header = f"| {'model':<44} | {'device':<6} | {'batch':>5} | {'images/s':>9} | {'ms/image':>9} |"
     print(header)
@@ -161,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per row (median reported)")
     parser.add_argument("--skip-detector", action="store_true")
     parser.add_argument("--skip-classifier", action="store_true")
+    parser.add_argument("--crop-messages", type=int, default=0, metavar="N",
+                        help="also measure detect->classify message sizes over N scenes of 320x240 and 1280x960")
     args = parser.parse_args(argv)
 
     import tempfile
@@ -175,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nmachine: {machine_line()}")
     print(f"inputs: synthetic scenes {args.image_size}x{args.image_size}; {len(crops)} crops; median of {args.repeats}\n")
     print_table(rows)
+    if args.crop_messages:
+        print(f"\ncrops on the wire (CropSet messages, {args.crop_messages} scenes per size, configured detector):\n")
+        print("\n".join(crop_message_sizes([(320, 240), (1280, 960)], args.crop_messages)))
 
 
 if __name__ == "__main__":
