@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench install
+.PHONY: demo test lint bench install quickstart
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile.gpu
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+## The training loop end to end on a loopback S3 (moto): synthetic data -> train -> evaluate -> publish.
+## The report lands in quickstart-out/report/ (report.md, confusion_matrix.png, mistakes).
+quickstart: $(BIN)/.installed
+	$(BIN)/vehicle-train quickstart --local-s3 --bucket quickstart --out quickstart-out $(ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)

@@ -123,6 +123,7 @@ def _record_test_accuracy(artifact: Path, accuracy: float, n_images: int) -> Non
 
 def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class: int = DEMO_PER_CLASS) -> dict[str, Any]:
     """Synthetic data to ``s3://bucket/quickstart/data``, train from it, evaluate, publish; a summary."""
+    from vehicle_core.classifier import load_classifier
     from vehicle_core.training.dataset import ObjectReader, index_dataset
     from vehicle_core.training.evaluate import evaluate_artifact, upload_report, write_report
     from vehicle_core.training.publish import publish
@@ -143,6 +144,8 @@ def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class:
     report_uri = upload_report(report, f"s3://{bucket}/quickstart/reports/{version}", settings.storage)
     registry = settings.classifier.registry or f"s3://{bucket}/models/classifier"
     published = publish(result.artifact, registry, settings.storage)
+    # What a worker started now would serve: it resolves the registry's pointer like the workers do.
+    served = load_classifier(dataclasses.replace(settings.classifier, model=None, registry=registry), settings.storage)
     return {
         "data": data,
         "images": written,
@@ -153,5 +156,6 @@ def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class:
         "report_s3": report_uri,
         "published": published,
         "registry": registry,
+        "served_by_workers": served.info.version,
         "seconds": round(time.monotonic() - t0, 1),
     }

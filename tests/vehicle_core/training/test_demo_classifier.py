@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -13,22 +12,20 @@ from vehicle_core.config import load_settings
 
 
 @pytest.mark.slow
-def test_demo_classifier_trains_within_budget_and_labels_fresh_crops(tmp_path):
+def test_demo_classifier_trains_once_and_labels_fresh_crops(tmp_path):
     from vehicle_core.training.quickstart import ensure_demo_classifier
     from vehicle_core.training.synth_data import crop_examples
 
     settings = load_settings(env={})
-    # When no demo model is cached, one is trained (budget: 6 minutes on 2 CPU cores)
-    t0 = time.monotonic()
+    # When no demo model is cached, one is trained (how long it takes: docs/training.md)
     path = ensure_demo_classifier(tmp_path, settings.storage)
-    trained_s = time.monotonic() - t0
-    assert trained_s < 6 * 60
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["metrics"]["test_accuracy"] >= 0.9
-    # Then a second call reuses the cache
-    t1 = time.monotonic()
+    # Then a second call reuses the cached artifact instead of training again
+    model_file = path / "model.keras"
+    before = (model_file.stat().st_mtime_ns, manifest["version"])
     assert ensure_demo_classifier(tmp_path, settings.storage) == path
-    assert time.monotonic() - t1 < 5
+    assert (model_file.stat().st_mtime_ns, json.loads((path / "manifest.json").read_text())["version"]) == before
     # And it labels crops from a seed it never saw, cut the way the pipeline cuts them
     clf = VehicleClassifier.from_artifact(path)
     labels, crops = zip(*crop_examples(seed=999, per_class=10, crop=settings.crop), strict=True)
