@@ -16,6 +16,7 @@ Exit status 0 on success, 2 on a configuration, model, data or S3 problem (one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -83,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("vehicle_core").setLevel(logging.INFO)  # our progress, not every S3 request
     try:
         settings = load_settings(args.config)
-        out = COMMANDS[args.command](args, settings)
+        # Keras prints its epoch lines to stdout; keep stdout for the command's JSON summary alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            out = COMMANDS[args.command](args, settings)
     except (VehiclePipelineError, ValueError, OSError, BotoCoreError, ClientError) as exc:
         print(f"vehicle-train {args.command}: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

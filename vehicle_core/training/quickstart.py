@@ -26,13 +26,17 @@ log = logging.getLogger(__name__)
 DEMO_NAME = "vehicle-resnet50-synthetic-demo"
 DEMO_SEED = 7
 DEMO_PER_CLASS = 200  # crops per class (70% train, 15% val, 15% test)
-#: The demo preset: from scratch (no ImageNet offline), the whole network trains, small input.
+#: The demo preset: from scratch (no ImageNet offline), small input, the top of the network trains.
 DEMO_TRAINING: dict[str, Any] = {
     "image_size": 48,
     "batch_size": 32,
     "head_epochs": 0,
     "finetune_epochs": 12,
-    "finetune_layers": -1,
+    # Only the last residual block (11 layers) and the head train; the layers below keep their random
+    # weights. On a 2-core CPU without AVX-512 a full backward pass costs ~4 s per batch of 32 (the
+    # late layers' gradients dominate, whatever the image size); this one ~0.7 s, and it scored 0.99
+    # on the held-out crops against 0.94 for the whole network (docs/training.md).
+    "finetune_layers": 11,
     "finetune_learning_rate": 0.001,
     "imagenet_weights": "none",
     "early_stopping_patience": 12,  # from scratch val_loss swings; the best epoch is restored anyway
