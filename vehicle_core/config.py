@@ -47,6 +47,7 @@ class DetectorSettings:
     score_threshold: float
     min_box_size: float
     max_vehicles: int
+    same_vehicle_iou: float
     vehicle_classes: list[str]
     batch_size: int
 
@@ -166,6 +167,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "detector.backend": (lambda v: v in ("torchvision", "detectron2"), "torchvision or detectron2"),
     "detector.score_threshold": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
     "detector.max_vehicles": (lambda v: v >= 1, "at least 1"),
+    "detector.same_vehicle_iou": (lambda v: 0.0 < v <= 1.0, "above 0 and at most 1"),
     "detector.batch_size": (lambda v: v >= 1, "at least 1"),
     "classifier.batch_size": (lambda v: v >= 1, "at least 1"),
     "classifier.top_k": (lambda v: v >= 1, "at least 1"),

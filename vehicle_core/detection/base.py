@@ -46,7 +46,8 @@ class BatchedDetector:
         s = self.settings
         return filter_detections(boxes, scores, labels, masks, vehicle_classes=s.vehicle_classes,
                                  score_threshold=s.score_threshold, min_box_size=s.min_box_size,
-                                 max_vehicles=s.max_vehicles, image_size=image_size)
+                                 max_vehicles=s.max_vehicles, image_size=image_size,
+                                 same_vehicle_iou=s.same_vehicle_iou)
 
 
 class Registry:
@@ -113,9 +114,13 @@ def filter_detections(
     min_box_size: float,
     max_vehicles: int,
     image_size: tuple[int, int],
+    same_vehicle_iou: float = 1.0,
 ) -> list[Detection]:
     """Keep vehicles only: wanted class, score, size; clip boxes to the image; best score first.
 
+    A box overlapping an already kept, higher-scoring vehicle with an IoU above ``same_vehicle_iou``
+    is the same vehicle seen as another class (COCO detectors suppress duplicates per class only, so
+    one pickup can come back as both "truck" and "car"); it is dropped. 1.0 keeps every box.
     ``boxes`` is N x 4 (x1, y1, x2, y2), ``masks`` N x H x W bool or None, ``image_size`` (height, width).
     """
     height, width = image_size
@@ -130,8 +135,19 @@ def filter_detections(
         y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
         if min(x2 - x1, y2 - y1) < min_box_size:
             continue
+        if any(box_iou((x1, y1, x2, y2), k.box) > same_vehicle_iou for k in kept):
+            continue
         mask = None if masks is None else np.asarray(masks[i], dtype=bool)
         kept.append(Detection(box=(x1, y1, x2, y2), score=score, label=labels[i], mask=mask))
         if len(kept) >= max_vehicles:
             break
     return kept
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

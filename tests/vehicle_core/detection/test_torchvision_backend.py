@@ -17,7 +17,7 @@ HEAVY = {"maskrcnn_resnet101_fpn", "fasterrcnn_resnet101_fpn", "maskrcnn_resnet5
 
 def detector_settings(model, **kw):
     base = dict(backend="torchvision", model=str(model), device="cpu", score_threshold=0.0, min_box_size=0,
-                max_vehicles=100, vehicle_classes=["car", "motorcycle", "bus", "truck"], batch_size=2)
+                max_vehicles=100, same_vehicle_iou=1.0, vehicle_classes=["car", "motorcycle", "bus", "truck"], batch_size=2)
     base.update(kw)
     return DetectorSettings(**base)
 
