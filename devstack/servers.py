@@ -144,6 +144,21 @@ def aws_env(endpoint_url: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def wire_bucket_notifications(s3, sqs, bucket: str, queue_name: str) -> str:
     """Create SQS queue ``queue_name`` (with a dead-letter queue, maxReceiveCount 3) and make every
     s3:ObjectCreated:* event of ``bucket`` reach it. Returns the queue URL."""

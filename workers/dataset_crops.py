@@ -68,7 +68,7 @@ class CeleryChunks:
         parts = f"{dst_root}/_parts/{uuid.uuid4().hex[:12]}"
         uris = [f"{parts}/{i:05d}.json" for i in range(len(args))]
         for (chunk, dst, _settings, truth), uri in zip(args, uris, strict=True):
-            self.app.send_task(CROP_CHUNK_TASK, args=[chunk, dst, truth, uri], queue=self.settings.broker.detect_queue)
+            self.app.send_task(CROP_CHUNK_TASK, args=[chunk, dst, truth, uri])  # routed to the detect queue
         log.info("sent %d chunks to the detect queue; waiting for %s", len(uris), parts)
         self._wait(parts, set(uris))
         out = [json.loads(self.store.read(uri)) for uri in uris]

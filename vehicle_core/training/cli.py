@@ -110,8 +110,7 @@ def _crop(args, settings):
 
     map_chunks = _detect_workers_map(args, settings)
     rows = crop_dataset(args.src, args.dst, settings, use_ground_truth=args.ground_truth, map_chunks=map_chunks)
-    return {"written": sum("key" in r for r in rows), "skipped": sum("skipped" in r for r in rows),
-            "executor": getattr(map_chunks, "description", "local")}
+    return {"written": sum("key" in r for r in rows), "skipped": sum("skipped" in r for r in rows)}
 
 
 def _detect_workers_map(args, settings):
@@ -178,14 +177,11 @@ def _quickstart(args, settings):
 
     if not args.local_s3:
         return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
-    import os
-
-    from devstack.servers import aws_env, moto_server
+    from devstack.servers import aws_env, environment, moto_server
     from vehicle_core.storage import s3_client
 
-    with moto_server() as moto:
+    with moto_server() as moto, environment(aws_env(moto.endpoint_url)):  # moto's test credentials, then back
         print(f"moto S3 server on {moto.endpoint_url} (gone when this command ends)", file=sys.stderr)
-        os.environ.update(aws_env(moto.endpoint_url))  # boto3 in this process and its threads
         local = settings.replace(storage={"endpoint_url": moto.endpoint_url})
         s3_client(local.storage).create_bucket(Bucket=args.bucket)
         return run_quickstart(local, args.bucket, out_dir=Path(args.out), per_class=args.per_class)

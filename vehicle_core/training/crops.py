@@ -79,7 +79,6 @@ def crop_examples(
 ) -> list[dict[str, str]]:
     """:func:`crop_chunk` with the objects already built: a loaded ``DetectStage`` (unused with
     ``ground_truth``) and a reader. A detect worker calls this with the stage it serves images with."""
-    s = settings
     items, rows = [], []
     for ex in examples:
         try:
@@ -89,7 +88,7 @@ def crop_examples(
     if ground_truth is None:
         crop_sets = stage.run(items)
     else:
-        crop_sets = [_ground_truth_crops(data, src, ground_truth.get(src.key, []), s) for data, src in items]
+        crop_sets = [_ground_truth_crops(data, src, ground_truth.get(src.key, []), settings) for data, src in items]
     by_uri = {ex["uri"]: ex for ex in examples}
     for cs in crop_sets:
         ex = by_uri[cs.source.key]

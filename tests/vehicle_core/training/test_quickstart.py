@@ -7,6 +7,7 @@ publish, the pointer a worker follows), not accuracy; docs/training.md has the f
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -17,9 +18,12 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_trains_evaluates_and_publishes_what_workers_load(tmp_path, capsys):
     out = tmp_path / "qs"
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     code = cli.main(["quickstart", "--local-s3", "--bucket", "quickstart-test", "--out", str(out), "--per-class", "10"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
+    # The loopback server is gone, and so are its endpoint and test credentials from this process
+    assert {k: v for k, v in os.environ.items() if k.startswith("AWS_")} == env_before
     # Published under the registry, and the 'current' pointer resolves to exactly that version
     assert summary["registry"] == "s3://quickstart-test/models/classifier"
     assert summary["served_by_workers"] == summary["version"]
