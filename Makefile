@@ -30,9 +30,9 @@ lint: $(BIN)/.installed
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 ## The training loop end to end on a loopback S3 (moto): synthetic data -> train -> evaluate -> publish.
-## The report lands in quickstart-out/report/ (report.md, confusion_matrix.png, mistakes).
+## The report lands in quickstart-out/report/ (report.md, confusion.png, misclassified/).
 quickstart: $(BIN)/.installed
-	$(BIN)/vehicle-train quickstart --local-s3 --bucket quickstart --out quickstart-out $(ARGS)
+	$(BIN)/python -m devstack.quickstart --bucket quickstart --out quickstart-out $(ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)

@@ -277,8 +277,8 @@ def print_table(rows: list[tuple[str, str | None]], results: dict[str, dict]) ->
 
 def run_demo(args: argparse.Namespace) -> int:
     from devstack.servers import aws_env, moto_server, redis_server
+    from training.quickstart import ensure_demo_classifier
     from vehicle_core.config import load_settings
-    from vehicle_core.training.quickstart import ensure_demo_classifier
 
     started = time.monotonic()
     settings = load_settings()
@@ -286,7 +286,7 @@ def run_demo(args: argparse.Namespace) -> int:
         classifier = Path(args.classifier)
     else:
         log.info("getting the demo classifier (trained once, then cached under %s)", settings.storage.cache_dir)
-        classifier = ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings.storage)
+        classifier = ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings)
     log_dir = Path(args.log_dir).resolve()
     with redis_server() as redis, moto_server() as moto:
         aws = aws_env(_endpoint(moto))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from producer.events import KeyFilter
-from workers.messages import ImageMessage, enqueue_image, normalize_etag
+from vehicle_core.results import ResultStamp, SourceRef, is_done, source_key_of
+from vehicle_core.storage import ObjectStore
+from workers.messages import enqueue_image
 
 log = logging.getLogger(__name__)
 
@@ -42,43 +44,29 @@ class BackfillStats:
     pauses: int = 0
 
 
-def list_objects(s3, bucket: str, prefix: str) -> Iterator[dict]:
-    """Every object under ``prefix``, page by page (boto3's paginator follows continuation tokens)."""
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from page.get("Contents", [])
-
-
-def done_etags(s3, bucket: str, results_prefix: str, prefix: str) -> dict[str, str | None]:
-    """Source key -> ETag its current result describes, for every result under the prefix."""
-    import json
-
-    out: dict[str, str | None] = {}
-    for obj in list_objects(s3, bucket, results_prefix + prefix):
-        if not obj["Key"].endswith(".json"):
-            continue
-        source_key = obj["Key"][len(results_prefix) : -len(".json")]
-        try:
-            doc = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            out[source_key] = normalize_etag((doc.get("source") or {}).get("etag"))
-        except (ValueError, AttributeError):
-            out[source_key] = None  # unreadable result: treat as missing
+def done_stamps(store: ObjectStore, bucket: str, results_prefix: str, prefix: str) -> dict[str, ResultStamp | None]:
+    """Source key -> what its current result says of itself, for every result under the prefix."""
+    out: dict[str, ResultStamp | None] = {}
+    for info in store.list(f"s3://{bucket}/{results_prefix}{prefix}"):
+        source_key = source_key_of(info.key, results_prefix)
+        if source_key is not None:
+            out[source_key] = ResultStamp.from_document(store.get_json(info.uri))
     return out
 
 
-def select(s3, opts: BackfillOptions, stats: BackfillStats) -> list[ImageMessage]:
+def select(store: ObjectStore, opts: BackfillOptions, stats: BackfillStats) -> list[SourceRef]:
     """The images to enqueue, in listing order, after every filter."""
-    done = done_etags(s3, opts.results_bucket or opts.bucket, opts.keys.results_prefix, opts.prefix) if opts.skip_done else {}
-    chosen: list[ImageMessage] = []
-    for obj in list_objects(s3, opts.bucket, opts.prefix):
+    done = done_stamps(store, opts.results_bucket or opts.bucket, opts.keys.results_prefix, opts.prefix) if opts.skip_done else {}
+    chosen: list[SourceRef] = []
+    for info in store.list(f"s3://{opts.bucket}/{opts.prefix}"):
         stats.listed += 1
-        key = obj["Key"]
-        if opts.keys.why_not(key) or (opts.modified_since and obj["LastModified"] < opts.modified_since):
+        key = info.key
+        if opts.keys.why_not(key) or (opts.modified_since and info.last_modified < opts.modified_since):
             continue
-        etag = normalize_etag(obj.get("ETag"))
-        if opts.skip_done and key in done and done[key] == etag:
+        if opts.skip_done and is_done(done.get(key), info.etag):
             stats.already_done += 1
             continue
-        chosen.append(ImageMessage(bucket=opts.bucket, key=key, etag=etag, size=obj.get("Size")))
+        chosen.append(SourceRef(bucket=opts.bucket, key=key, etag=info.etag, size=info.size))
         if opts.limit is not None and len(chosen) >= opts.limit:
             break
     stats.candidates = len(chosen)
@@ -86,7 +74,7 @@ def select(s3, opts: BackfillOptions, stats: BackfillStats) -> list[ImageMessage
 
 
 def run_backfill(
-    s3, app, opts: BackfillOptions, *, depth: Callable[[], int] | None = None,
+    store: ObjectStore, app, opts: BackfillOptions, *, depth: Callable[[], int] | None = None,
     stop: threading.Event | None = None, progress: bool = True,
 ) -> BackfillStats:
     """Enqueue every selected image once; pause while ``depth()`` exceeds ``opts.max_queue_depth``."""
@@ -94,7 +82,7 @@ def run_backfill(
 
     stats = BackfillStats()
     stop = stop or threading.Event()
-    images = select(s3, opts, stats)
+    images = select(store, opts, stats)
     log.info("backfill s3://%s/%s: %d listed, %d to enqueue, %d already done%s", opts.bucket, opts.prefix,
              stats.listed, len(images), stats.already_done, " (dry run)" if opts.dry_run else "")
     if opts.dry_run:

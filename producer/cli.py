@@ -49,7 +49,7 @@ def _backfill(args, settings) -> int:
     from producer.backfill import BackfillOptions, run_backfill
     from producer.events import KeyFilter
     from producer.queue_depth import depth_probe
-    from vehicle_core.storage import parse_s3_uri, s3_client
+    from vehicle_core.storage import ObjectStore, parse_s3_uri
     from workers.messages import sender_app
 
     bucket, prefix = parse_s3_uri(args.uri)
@@ -63,7 +63,7 @@ def _backfill(args, settings) -> int:
         pause_poll_s=producer.pause_poll_s, results_bucket=settings.results.bucket,
     )
     depth = None if args.dry_run else depth_probe(settings.broker.url, settings.broker.detect_queue)
-    stats = run_backfill(s3_client(settings.storage), sender_app(settings.broker), opts, depth=depth,
+    stats = run_backfill(ObjectStore(settings.storage), sender_app(settings.broker), opts, depth=depth,
                          progress=not args.no_progress)
     print(f"listed {stats.listed}, enqueued {stats.enqueued}, already done {stats.already_done}, "
           f"pauses {stats.pauses}" + (f", would enqueue {stats.candidates}" if args.dry_run else ""))

@@ -1,4 +1,4 @@
-"""Parse S3 event notifications delivered through SQS into :class:`ImageMessage` objects.
+"""Parse S3 event notifications delivered through SQS into :class:`~vehicle_core.results.SourceRef` objects.
 
 An SQS body is either an S3 notification (``{"Records": [...]}``), S3's one-off ``s3:TestEvent``
 sent when notifications are configured, or an SNS envelope around one of those. Only object
@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from vehicle_core.config import ProducerSettings, ResultSettings
-from vehicle_core.errors import InvalidInputError
-from workers.messages import ImageMessage, MalformedMessageError, is_result_key
+from vehicle_core.errors import InvalidInputError, MalformedMessageError
+from vehicle_core.results import SourceRef, is_result_key
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class KeyFilter:
 class ParsedEvent:
     """What one SQS message asks for: images to enqueue, and what was skipped (for the logs)."""
 
-    images: list[ImageMessage] = field(default_factory=list)
+    images: list[SourceRef] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key or event, reason)
 
 
@@ -106,7 +106,7 @@ def _parse_record(record: Any, keys: KeyFilter, parsed: ParsedEvent) -> None:
         return
     size = obj.get("size")
     try:
-        msg = ImageMessage.from_dict(
+        msg = SourceRef.from_dict(
             {
                 "bucket": bucket,
                 "key": key,

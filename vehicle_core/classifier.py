@@ -35,7 +35,7 @@ MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
 PREPROCESSING = "resnet50_caffe"  # keras.applications.resnet50.preprocess_input (BGR, ImageNet mean)
 REQUIRED_KEYS = ("name", "version", "class_names", "input_size", "preprocessing", "keras_version", "created_at")
-#: Where a demo artifact made by ``vehicle_core.training.quickstart`` lives under storage.cache_dir.
+#: Where a demo artifact made by ``training.quickstart`` lives under storage.cache_dir.
 DEMO_CACHE_NAME = "demo-classifier"
 # Seconds a socket may stay silent while Keras downloads ImageNet weights: without it a network that
 # swallows packets (rather than refusing them) would hang start-up for minutes.
@@ -324,7 +324,7 @@ def _resolve_model(settings: ClassifierSettings, storage: StorageSettings) -> Pa
     if settings.model:
         return _local(settings.model, storage)
     if settings.registry:
-        from vehicle_core.training.publish import current_artifact_uri
+        from vehicle_core.registry import current_artifact_uri
 
         return _local(current_artifact_uri(settings.registry, storage), storage)
     demo = Path(storage.cache_dir).expanduser() / DEMO_CACHE_NAME

@@ -16,23 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vehicle_core.config import load_settings
-from vehicle_core.errors import InvalidInputError, SourceNotFoundError, VehiclePipelineError
+from vehicle_core.errors import InvalidInputError, VehiclePipelineError
 from vehicle_core.results import ImageResult, SourceRef
 
 
-def _read(target: str, settings) -> tuple[bytes, SourceRef]:
-    if target.startswith("s3://"):
-        from vehicle_core import storage
+def _read(target: str, store, max_bytes: int) -> tuple[bytes, SourceRef]:
+    from vehicle_core.storage import is_s3, parse_s3_uri
 
-        bucket, key = storage.parse_s3_uri(target)
-        data, meta = storage.get_object(storage.s3_client(settings.storage), bucket, key)
-        return data, SourceRef(bucket=bucket, key=key, **meta)
-    path = Path(target)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SourceNotFoundError(f"cannot read {target}: {exc.strerror}") from exc
-    return data, SourceRef(bucket="file", key=str(path.resolve()), size=len(data))
+    data, info = store.get(target, max_bytes=max_bytes)
+    if is_s3(target):
+        bucket, key = parse_s3_uri(target)
+        return data, SourceRef(bucket=bucket, key=key, etag=info.etag, version_id=info.version_id, size=info.size)
+    return data, SourceRef(bucket="file", key=str(Path(target).resolve()), size=len(data))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,14 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{key} = {value!r}  ({settings.sources.get(key, 'default')})")
             return 0
         from vehicle_core.pipeline import VehiclePipeline
+        from vehicle_core.storage import ObjectStore
 
         pipeline = VehiclePipeline.from_settings(settings)
+        store = ObjectStore(settings.storage)
     except VehiclePipelineError as exc:
         print(f"vehicle-classify: {exc.message}", file=sys.stderr)
         return 2
     for target in args.inputs:
         try:
-            data, source = _read(target, settings)
+            data, source = _read(target, store, settings.images.max_bytes)
             result = pipeline.process(data, source)
         except InvalidInputError as exc:
             result = ImageResult.from_error(SourceRef(bucket="file", key=target), exc)

@@ -7,6 +7,7 @@ them with its ``from_settings`` classmethod.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -31,6 +32,7 @@ class StorageSettings:
     connect_timeout_s: float
     read_timeout_s: float
     cache_dir: str
+    max_pool_connections: int = 16
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ class Settings:
         for section, values in sections.items():
             _merge(raw, {section: values}, origin="code", sources={})
         return _build(raw, dict(self.sources))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Settings:
+        """Settings from a full ``to_dict()`` (a copy sent in a message): checked like a file."""
+        return _build(copy.deepcopy(raw), {})
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)

@@ -17,6 +17,9 @@ class VehiclePipelineError(Exception):
     """Base of every error this project raises on purpose."""
 
     code = "internal"
+    #: False for failures a later attempt may fix (storage down, access fixed by an operator): a result
+    #: carrying such a code does not count as done (``vehicle_core.results.is_done``).
+    final = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -74,10 +77,30 @@ class SourceNotFoundError(InvalidInputError):
     code = "not_found"
 
 
+class AccessDeniedError(InvalidInputError):
+    """S3 refused this process access to the object (403): permanent until someone fixes a policy."""
+
+    code = "access_denied"
+    final = False
+
+
+class StorageRejectedError(InvalidInputError):
+    """S3 rejected the request as such (4xx other than 403/404/408/409/429: key too long, bad request)."""
+
+    code = "storage_rejected"
+
+
+class MalformedMessageError(InvalidInputError):
+    """A queue message lacks a field or has one of the wrong type."""
+
+    code = "malformed_message"
+
+
 class TransientError(VehiclePipelineError):
     """A failure that may pass on its own; safe to retry."""
 
     code = "transient"
+    final = False
 
 
 class StorageUnavailableError(TransientError):
@@ -86,14 +109,17 @@ class StorageUnavailableError(TransientError):
     code = "storage_unavailable"
 
 
-#: Codes a result document may carry in ``error.code``; docs/result.schema.json lists the same.
-ERROR_CODES = (
-    EmptyImageError.code,
-    UnsupportedFormatError.code,
-    UndecodableImageError.code,
-    ImageTooLargeError.code,
-    SourceNotFoundError.code,
-    InvalidInputError.code,
-    StorageUnavailableError.code,  # transient, written only once every retry failed
-    VehiclePipelineError.code,
-)
+def error_classes() -> list[type[VehiclePipelineError]]:
+    """Every error class defined so far, this one's subclasses in other modules included (import
+    ``workers.messages`` or ``producer.events`` first to see theirs)."""
+    found, todo = [], [VehiclePipelineError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def not_final_codes() -> frozenset[str]:
+    """Codes of failures that a later attempt may fix (see ``VehiclePipelineError.final``)."""
+    return frozenset(cls.code for cls in error_classes() if not cls.final)

@@ -13,11 +13,8 @@ detector, TensorFlow for the classifier) and hand each other a compact :class:`C
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -25,56 +22,8 @@ from vehicle_core.config import CropSettings, ImageSettings, Settings
 from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.images import decode_image
-from vehicle_core.results import (
-    STATUS_ERROR,
-    Detection,
-    ImageResult,
-    ModelInfo,
-    SourceRef,
-    VehicleResult,
-)
-
-
-@dataclass
-class CropSet:
-    """What the detect stage hands the classify stage for one image: boxes plus encoded crops.
-
-    ``to_message()`` is plain JSON (crops as base64 JPEG, a few KB each), so it travels in a
-    Celery message without touching S3 again.
-    """
-
-    source: SourceRef
-    detections: list[Detection] = field(default_factory=list)
-    crops: list[bytes] = field(default_factory=list)  # encoded JPEG, one per detection
-    image_size: tuple[int, int] | None = None  # width, height
-    models: dict[str, ModelInfo] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    error: dict[str, str] | None = None  # set when the image could not be read; no crops then
-
-    def to_message(self) -> dict[str, Any]:
-        return {
-            "source": self.source.to_dict(),
-            "detections": [{"box": list(d.box), "score": d.score, "label": d.label} for d in self.detections],
-            "crops": [base64.b64encode(c).decode("ascii") for c in self.crops],
-            "image_size": list(self.image_size) if self.image_size else None,
-            "models": {role: info.to_dict() for role, info in self.models.items()},
-            "timings_ms": self.timings_ms,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> CropSet:
-        return cls(
-            source=SourceRef.from_dict(msg["source"]),
-            detections=[
-                Detection(box=tuple(d["box"]), score=d["score"], label=d["label"]) for d in msg["detections"]
-            ],
-            crops=[base64.b64decode(c) for c in msg["crops"]],
-            image_size=tuple(msg["image_size"]) if msg.get("image_size") else None,
-            models={role: ModelInfo(**info) for role, info in msg.get("models", {}).items()},
-            timings_ms=dict(msg.get("timings_ms", {})),
-            error=msg.get("error"),
-        )
+from vehicle_core.messages import CropSet
+from vehicle_core.results import STATUS_ERROR, ImageResult, SourceRef, VehicleResult
 
 
 class DetectStage:

@@ -1,4 +1,4 @@
-"""The result contract: one JSON document per source image (docs/results.md, docs/result.schema.json).
+"""The result contract: one JSON document per source image (docs/results.md, vehicle_core/schemas/result.schema.json).
 
 Typed pieces first (what the detector, cropper and classifier hand each other), then
 :class:`ImageResult`, which turns them into the document workers write to S3.
@@ -14,6 +14,8 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from vehicle_core.errors import MalformedMessageError, not_final_codes
 
 SCHEMA_VERSION = "1.0"
 STATUS_OK = "ok"
@@ -47,13 +49,24 @@ class Classification:
 
 @dataclass(frozen=True)
 class SourceRef:
-    """Which S3 object a result describes."""
+    """One S3 object version: what a result describes, and the detect task's one argument.
+
+    The ETag is kept bare (S3 events give it bare, HEAD/LIST in quotes). :meth:`from_dict` validates a
+    received message and raises :class:`MalformedMessageError` for anything that is not one.
+    """
 
     bucket: str
     key: str
     etag: str | None = None
     version_id: str | None = None
     size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", _bare_etag(self.etag))
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,8 +78,29 @@ class SourceRef:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SourceRef:
-        return cls(**{k: data.get(k) for k in ("bucket", "key", "etag", "version_id", "size")})
+    def from_dict(cls, data: Any) -> SourceRef:
+        """Validate a message or document part: non-empty string bucket/key, optional string
+        etag/version_id, optional non-negative integer size."""
+        if not isinstance(data, dict):
+            raise MalformedMessageError(f"an image reference must be an object, got {type(data).__name__}")
+        for name in ("bucket", "key"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise MalformedMessageError(f"an image reference needs a non-empty string {name!r}")
+        size = data.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise MalformedMessageError(f"an image reference's size must be a non-negative integer, got {size!r}")
+        for name in ("etag", "version_id"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise MalformedMessageError(f"an image reference's {name} must be a string or null")
+        return cls(bucket=data["bucket"], key=data["key"], etag=data.get("etag"),
+                   version_id=data.get("version_id"), size=size)
+
+
+def _bare_etag(etag: str | None) -> str | None:
+    # Same rule as vehicle_core.storage.normalize_etag; results.py stays free of boto3 imports.
+    if etag is None:
+        return None
+    return etag.strip().strip('"') or None
 
 
 @dataclass(frozen=True)
@@ -171,7 +205,7 @@ def utc_now() -> str:
 
 @cache
 def result_schema() -> dict[str, Any]:
-    """The JSON Schema of a result document (a copy of docs/result.schema.json ships in the package)."""
+    """The JSON Schema of a result document (vehicle_core/schemas/result.schema.json, in the package)."""
     text = resources.files("vehicle_core").joinpath("schemas/result.schema.json").read_text()
     return json.loads(text)
 
@@ -181,3 +215,80 @@ def validate_result(document: dict[str, Any]) -> None:
     import jsonschema
 
     jsonschema.validate(document, result_schema())
+
+
+# ---------------------------------------------------------------------------------------------
+# Where results live, and the one rule for "this image is done"
+
+
+def result_key(source_key: str, prefix: str) -> str:
+    """Where the result of ``source_key`` goes: ``prefix + source_key + ".json"``."""
+    return f"{prefix}{source_key}.json"
+
+
+def source_key_of(result_key_: str, prefix: str) -> str | None:
+    """The source key a result key describes; None for keys that are not result documents."""
+    if not result_key_.startswith(prefix) or not result_key_.endswith(".json"):
+        return None
+    return result_key_[len(prefix) : -len(".json")]
+
+
+def is_result_key(key: str, prefix: str) -> bool:
+    """True for keys under the results prefix: they are outputs, never inputs (no feedback loop)."""
+    return key.startswith(prefix)
+
+
+def result_uri(source: SourceRef, bucket: str | None, prefix: str) -> str:
+    """``s3://`` URI of the result document of ``source`` (``bucket`` None: the source's bucket)."""
+    return f"s3://{bucket or source.bucket}/{result_key(source.key, prefix)}"
+
+
+@dataclass(frozen=True)
+class ResultStamp:
+    """What a stored result says of itself: the ETag it describes, its status and error code.
+
+    Read from the document, or from the S3 user metadata the workers write with it
+    (:meth:`to_metadata`), so a HEAD answers "is this image done?" without reading the document.
+    """
+
+    etag: str | None
+    status: str
+    error_code: str | None = None
+
+    META_ETAG = "vp-source-etag"
+    META_STATUS = "vp-status"
+    META_ERROR = "vp-error-code"
+
+    @classmethod
+    def of(cls, result: ImageResult) -> ResultStamp:
+        return cls(result.source.etag, result.status, (result.error or {}).get("code"))
+
+    @classmethod
+    def from_document(cls, doc: Any) -> ResultStamp | None:
+        if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
+            return None
+        source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
+        error = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+        etag = source.get("etag") if isinstance(source.get("etag"), str) else None
+        return cls(_bare_etag(etag), doc["status"], error.get("code"))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ResultStamp | None:
+        if cls.META_STATUS not in metadata:
+            return None  # written before stamps existed: read the document instead
+        return cls(_bare_etag(metadata.get(cls.META_ETAG)) or None, metadata[cls.META_STATUS],
+                   metadata.get(cls.META_ERROR) or None)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {self.META_ETAG: self.etag or "", self.META_STATUS: self.status, self.META_ERROR: self.error_code or ""}
+
+
+def is_done(stamp: ResultStamp | None, etag: str | None) -> bool:
+    """The one rule for "this image version has its answer": a result describes this ETag, and it is
+    not an error a later attempt may fix (``VehiclePipelineError.final`` is False for those: storage
+    outages, refused access). Workers skip done images; backfill ``--skip-done`` and ``reconcile``
+    use the same rule. Without an ETag nothing can be told: not done.
+    """
+    if stamp is None or etag is None or stamp.etag != _bare_etag(etag):
+        return False
+    return not (stamp.status == STATUS_ERROR and stamp.error_code in not_final_codes())

@@ -25,8 +25,8 @@ from typing import Any
 from celery.utils.time import get_exponential_backoff_interval
 
 from vehicle_core.errors import InvalidInputError
-from vehicle_core.results import ImageResult, SourceRef
-from workers import store
+from vehicle_core.results import SourceRef
+from workers.result_writer import write_error_result
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def attempt_of(request) -> int:
 
 
 def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries: int, backoff_max: int,
-                s3_client, results) -> str:
+                store, results) -> str:
     """Re-send ``request`` after an exponential, jittered delay; past ``max_retries`` (or for bad
     input) write an error result instead so the key is not lost. Returns "retry" or "gave_up"."""
     attempt = attempt_of(request) + 1
@@ -58,11 +58,8 @@ def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries
         task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
         log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
         return "retry"
-    log.error("giving up on s3://%s/%s after %d attempts: %r", source.bucket, source.key, attempt, exc)
-    try:
-        store.write_if_current(s3_client, ImageResult.from_error(source, exc), results)
-    except Exception:  # storage still down: the log lines are all that is left
-        log.exception("could not write the error result for s3://%s/%s", source.bucket, source.key)
+    log.error("%s failed after %d attempts", source.uri, attempt)
+    write_error_result(store, source, exc, results)
     return "gave_up"
 
 

@@ -1,111 +1,33 @@
-"""``vehicle-train crop`` on the detect workers: a training dataset cropped by the detector in service.
-
-The client (:class:`CeleryChunks`, handed to ``vehicle_core.training.crops.crop_dataset`` as its
-``map_chunks``) sends one ``crop_dataset_chunk`` task per chunk of 16 images to the detect queue, beside
-the image tasks. A detect worker crops them with the ``DetectStage`` it already holds (no second model
-in memory; the crops come from the detector that serves results) and writes the chunk's rows to
-``DST/_parts/<run>/<n>.json``. The app has no result backend, so S3 carries the answers, as it does for
-images; the client waits for every part, gathers them, deletes them and writes ``manifest.csv`` and
-``report.json`` as the local path does.
-
-Both roots must be ``s3://`` URIs (a worker on another machine cannot see a local folder). Tasks are
-``acks_late`` like every task here: a worker that dies mid-chunk has it redelivered, and rewriting the
-same crops and part is harmless. A chunk that fails as a whole comes back with each image skipped and
-the error named, so nothing is silently left out.
-"""
+"""The detect worker's side of ``vehicle-train crop`` (the client is ``training.remote_crops``): one
+chunk of a labelled dataset cropped with the ``DetectStage`` this worker serves images with."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from typing import Any
 
 from vehicle_core.config import Settings
-from vehicle_core.errors import TransientError
-from workers.messages import CROP_CHUNK_TASK, sender_app
+from vehicle_core.errors import ConfigError
+from vehicle_core.labelled_crops import crop_examples
+from vehicle_core.storage import ObjectStore, is_s3
 
 log = logging.getLogger(__name__)
-
-
-def find_detect_workers(settings: Settings, *, timeout_s: float = 2.0) -> list[str]:
-    """Names of the workers consuming the detect queue now; empty when none answers or Redis is down."""
-    from kombu.exceptions import OperationalError
-
-    app = sender_app(settings.broker)
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
-            replies = app.control.inspect(timeout=timeout_s, connection=conn).active_queues() or {}
-    except (OperationalError, ConnectionError, OSError) as exc:
-        log.info("no broker at %s (%s): cropping locally", settings.broker.url, exc)
-        return []
-    queue = settings.broker.detect_queue
-    return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
-
-
-class CeleryChunks:
-    """``map_chunks`` for ``crop_dataset``: the chunks run as tasks on the detect workers."""
-
-    def __init__(self, settings: Settings, workers: list[str], *, stall_timeout_s: float = 600.0,
-                 poll_s: float = 1.0) -> None:
-        from vehicle_core.training.dataset import ObjectReader
-
-        self.settings = settings
-        self.app = sender_app(settings.broker)
-        self.store = ObjectReader(settings.storage)
-        self.stall_timeout_s = stall_timeout_s
-        self.poll_s = poll_s
-        self.description = f"celery: detect queue '{settings.broker.detect_queue}', workers {', '.join(workers)}"
-
-    def __call__(self, _fn, args: list[tuple]) -> list[list[dict[str, Any]]]:
-        if not args:
-            return []
-        dst_root = args[0][1].rstrip("/")
-        if not dst_root.startswith("s3://"):
-            raise ValueError(f"detect workers write to S3 only; {dst_root!r} is not an s3:// URI")
-        parts = f"{dst_root}/_parts/{uuid.uuid4().hex[:12]}"
-        uris = [f"{parts}/{i:05d}.json" for i in range(len(args))]
-        for (chunk, dst, _settings, truth), uri in zip(args, uris, strict=True):
-            self.app.send_task(CROP_CHUNK_TASK, args=[chunk, dst, truth, uri])  # routed to the detect queue
-        log.info("sent %d chunks to the detect queue; waiting for %s", len(uris), parts)
-        self._wait(parts, set(uris))
-        out = [json.loads(self.store.read(uri)) for uri in uris]
-        for uri in uris:
-            self.store.delete(uri)
-        return out
-
-    def _wait(self, parts: str, expected: set[str]) -> None:
-        """Poll the parts prefix until every chunk has answered; give up after a stall, not a total."""
-        seen: set[str] = set()
-        last_progress = time.monotonic()
-        while len(seen) < len(expected):
-            found = set(self.store.list(parts)) & expected
-            if len(found) > len(seen):
-                last_progress = time.monotonic()
-                log.info("cropped chunks: %d/%d", len(found), len(expected))
-            seen = found
-            if len(seen) < len(expected):
-                if time.monotonic() - last_progress > self.stall_timeout_s:
-                    raise TransientError(
-                        f"{len(expected) - len(seen)} of {len(expected)} chunks unanswered for "
-                        f"{self.stall_timeout_s:.0f} s: are the detect workers up? (Flower shows the queue)")
-                time.sleep(self.poll_s)  # S3 is the only channel back; a listing per second is cheap
 
 
 def run_chunk(examples: list[dict[str, str]], dst_root: str, ground_truth: dict | None, part_uri: str, *,
               settings: Settings, stage: Any, worker: str) -> dict[str, Any]:
     """The worker's side: crop one chunk with ``stage`` and write its rows to ``part_uri``."""
-    from vehicle_core.training.crops import crop_examples
-    from vehicle_core.training.dataset import ObjectReader
-
-    store = ObjectReader(settings.storage)
+    # Anyone who can send a task must not make a worker read or write its local disk: S3 only.
+    for uri in (dst_root, part_uri, *(ex.get("uri", "") for ex in examples)):
+        if not is_s3(uri):
+            raise ConfigError(f"a crop chunk may read and write s3:// URIs only, not {uri!r}")
+    store = ObjectStore(settings.storage)
     try:
         rows = crop_examples(examples, dst_root, settings, stage=stage, ground_truth=ground_truth, store=store)
-    except Exception as exc:  # the whole chunk failed for good: report every image of it, lose none
+    except Exception as exc:  # noqa: BLE001 - the whole chunk failed for good: report every image of it, lose none
         log.exception("crop chunk %s failed", part_uri)
         rows = [{"uri": ex["uri"], "skipped": f"error: {exc!r}"} for ex in examples]
     rows = [{**row, "worker": worker} for row in rows]
-    store.write(part_uri, json.dumps(rows).encode())
+    store.put(part_uri, json.dumps(rows).encode())
     return {"part": part_uri, "images": len(examples), "written": sum("key" in r for r in rows)}

@@ -13,15 +13,17 @@ Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messa
 ``crop_dataset_chunk`` (queue ``detect``) serves ``vehicle-train crop``: training crops cut by the
 detector in service (workers/dataset_crops.py).
 
-Bad input never retries: it travels as an error CropSet and becomes an ``error`` result. Transient
-storage errors retry with exponential backoff; once retries are exhausted an error result is
-written so the key is not silently lost.
+An image whose result already answers its ETag ends the chain at ``detect_crop`` (nothing is sent to
+``classify``). Bad input never retries: it travels as an error CropSet and becomes an ``error``
+result. Transient storage errors retry with exponential backoff; once retries are exhausted an error
+result is written (``result_writer.write_error_result``) so the key is not silently lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Task
@@ -29,12 +31,19 @@ from celery.signals import worker_process_init
 from celery_batches import Batches
 from kombu.exceptions import OperationalError
 
-from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError, TransientError
+from vehicle_core.errors import (
+    ConfigError,
+    InvalidInputError,
+    MalformedMessageError,
+    ModelLoadError,
+    TransientError,
+)
+from vehicle_core.messages import CropSet
 from vehicle_core.results import ImageResult, SourceRef
-from workers import batching, metrics, store
+from workers import batching, metrics, result_writer
 from workers.app import app
-from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK, ImageMessage, MalformedMessageError
-from workers.models import Holders
+from workers.holders import Holders
+from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK
 
 log = logging.getLogger(__name__)
 settings = app.vehicle_settings
@@ -68,29 +77,27 @@ class ImageTask(Task):
         # An operator's problem (model or settings) fails loudly in Flower and the logs, no result.
         if source is None or isinstance(exc, ModelLoadError | ConfigError):
             return
-        log.error("giving up on s3://%s/%s after %d retries: %r", source.bucket, source.key, self.request.retries, exc)
-        try:
-            store.write_if_current(holders.s3.get(), ImageResult.from_error(source, exc), settings.results)
-        except Exception:  # a failure handler must not raise; storage still down: the log is all we leave
-            log.exception("could not write the error result for s3://%s/%s", source.bucket, source.key)
+        result_writer.write_error_result(holders.store.get(), source, exc, settings.results)
 
 
 @app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS)
 def detect_crop(self, message: dict[str, Any]) -> dict[str, Any]:
-    """Fetch one image, detect and crop its vehicles; return the CropSet message for ``classify``."""
+    """Fetch one image, detect and crop its vehicles; return the CropSet message for ``classify``.
+
+    An image already answered (or a malformed message) ends the chain here: ``classify`` is not sent.
+    """
     try:
-        msg = ImageMessage.from_dict(message)
+        source = SourceRef.from_dict(message)
     except MalformedMessageError as exc:
         log.error("dropping malformed image message %r: %s", message, exc)
-        return _skip("malformed", message)
-    client = holders.s3.get()
-    rbucket, rkey = store.result_location(SourceRef(msg.bucket, msg.key), settings.results)
-    if store.already_done(store.read_result(client, rbucket, rkey), msg.etag):
-        log.info("skip s3://%s/%s etag=%s: result exists", msg.bucket, msg.key, msg.etag)
+        return _end_chain(self, "malformed")
+    store = holders.store.get()
+    if result_writer.is_answered(store, source, settings.results):
+        log.info("skip %s etag=%s: result exists", source.uri, source.etag)
         metrics.TASKS.labels(self.name, "skipped").inc()
-        return _skip("done", msg.to_dict())
+        return _end_chain(self, "done", source)
     with metrics.SECONDS.labels(self.name).time():
-        crop_set = _detect(client, msg)
+        crop_set = _detect(store, source)
     metrics.BATCH_SIZE.labels("detect").observe(1)
     metrics.TASKS.labels(self.name, "error" if crop_set.error else "ok").inc()
     return crop_set.to_message()
@@ -110,17 +117,20 @@ def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, grou
     return summary
 
 
-def _detect(client, msg: ImageMessage):
-    from vehicle_core.pipeline import CropSet
-    from vehicle_core.storage import get_object
-
+def _detect(store, source: SourceRef) -> CropSet:
     try:
-        data, meta = get_object(client, msg.bucket, msg.key)
-    except InvalidInputError as exc:  # gone, too large: permanent, becomes an error result
-        return CropSet(source=_source(msg), error=exc.to_dict())
+        data, info = store.get(source.uri, max_bytes=settings.images.max_bytes)
+    except InvalidInputError as exc:  # gone, too large, refused: permanent, becomes an error result
+        return CropSet(source=source, error=exc.to_dict())
     # Describe the bytes actually read: if the object changed since the event, its ETag tells.
-    source = _source(msg, etag=_meta_etag(meta) or msg.etag)
-    return holders.detect.get().run([(data, source)])[0]
+    read = replace(source, etag=info.etag or source.etag, version_id=info.version_id or source.version_id,
+                   size=info.size)
+    return holders.detect.get().run([(data, read)])[0]
+
+
+def _end_chain(task, reason: str, source: SourceRef | None = None) -> dict[str, Any]:
+    task.request.chain = None  # Celery sends the rest of a chain from request.chain after a task returns
+    return {"skipped": reason, "key": source.key if source else None}
 
 
 @app.task(bind=True, base=Batches, name=CLASSIFY_TASK, acks_late=True,
@@ -129,7 +139,7 @@ def classify(self, requests) -> list[dict[str, Any]]:
     """Classify the crops of a batch of images in shared forward passes; write each image's result.
 
     Each request carries one CropSet message (chained from ``detect_crop``). Writes are idempotent
-    and never replace a newer upload's result (see workers/store.py).
+    and never replace a newer upload's result (see workers/result_writer.py).
     """
     started = time.perf_counter()
     todo, done = _parse_crop_requests(requests)
@@ -155,29 +165,23 @@ def classify(self, requests) -> list[dict[str, Any]]:
 
 
 def _parse_crop_requests(requests) -> tuple[list, list]:
-    from vehicle_core.pipeline import CropSet
-
     todo, done = [], []
     for request in requests:
-        message = request.args[0] if request.args else None
-        if not message or "skipped" in message:  # detect_crop found nothing to do
-            done.append((request, message or _skip("empty", None)))
-            continue
         try:
-            todo.append((request, CropSet.from_message(message)))
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("dropping malformed crop message %s: %r", request.id, exc)
-            done.append((request, _skip("malformed", None)))
+            todo.append((request, CropSet.from_message(request.args[0] if request.args else None)))
+        except MalformedMessageError as exc:
+            log.error("dropping malformed crop message %s: %s", request.id, exc)
+            done.append((request, {"skipped": "malformed", "key": None}))
     return todo, done
 
 
 def _write(task, request, result: ImageResult) -> dict[str, Any] | None:
     try:
-        outcome = store.write_if_current(holders.s3.get(), result, settings.results)
+        outcome = result_writer.write_if_current(holders.store.get(), result, settings.results)
     except (TransientError, ConnectionError, TimeoutError) as exc:
         _retry(task, request, result.source, exc)
         return None
-    metrics.TASKS.labels(task.name, outcome if outcome != store.WRITTEN else result.status).inc()
+    metrics.TASKS.labels(task.name, outcome if outcome != result_writer.WRITTEN else result.status).inc()
     doc = result.to_dict()
     return {"key": result.source.key, "etag": result.source.etag, "status": result.status, "label": doc["label"],
             "confidence": doc["confidence"], "vehicles": len(result.vehicles), "outcome": outcome, "error": result.error}
@@ -185,29 +189,14 @@ def _write(task, request, result: ImageResult) -> dict[str, Any] | None:
 
 def _retry(task, request, source: SourceRef, exc: Exception) -> None:
     outcome = batching.retry_later(task, request, source, exc, max_retries=settings.worker.max_retries,
-                                   backoff_max=settings.worker.retry_backoff_max_s, s3_client=holders.s3.get(),
+                                   backoff_max=settings.worker.retry_backoff_max_s, store=holders.store.get(),
                                    results=settings.results)
     metrics.TASKS.labels(task.name, outcome).inc()
 
 
-def _skip(reason: str, message: Any) -> dict[str, Any]:
-    return {"skipped": reason, "message": message}
-
-
-def _source(msg: ImageMessage, *, etag: str | None = None) -> SourceRef:
-    return SourceRef(bucket=msg.bucket, key=msg.key, etag=etag or msg.etag, version_id=msg.version_id, size=msg.size)
-
-
-def _meta_etag(meta: Any) -> str | None:
-    value = meta.get("etag") or meta.get("ETag") if isinstance(meta, dict) else getattr(meta, "etag", None)
-    return store.normalize_etag(value) if value else None
-
-
 def _source_of(arg: Any) -> SourceRef | None:
-    """The image a task argument names: an image message or a CropSet message."""
-    if isinstance(arg, dict) and isinstance(arg.get("source"), dict):
-        return SourceRef.from_dict(arg["source"])
+    """The image a detect task's argument names, if it names one."""
     try:
-        return _source(ImageMessage.from_dict(arg))
+        return SourceRef.from_dict(arg)
     except MalformedMessageError:
         return None

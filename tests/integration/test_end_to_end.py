@@ -206,18 +206,19 @@ def test_a_deep_classify_queue_is_classified_in_batches(stack):
 
 def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
     # Given: 24 labelled scenes and one corrupt image in a bucket the producer does not watch
-    from vehicle_core.training import cli
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.synth_data import write_scene_dataset
+    from training import cli
+    from training.dataset import index_dataset
+    from training.synthetic_datasets import write_scene_dataset
+    from vehicle_core.storage import ObjectStore
 
     for name, value in stack.env.items():
         if name.startswith("AWS_") or name == "VP_BROKER__URL":
             monkeypatch.setenv(name, value)
     stack.s3.create_bucket(Bucket="datasets")
-    store = ObjectReader(load_settings().storage)
+    store = ObjectStore(load_settings().storage)
     write_scene_dataset("s3://datasets/scenes", store, n=24, seed=5)
     corrupt = "s3://datasets/scenes/train/sedan/corrupt.jpg"
-    store.write(corrupt, b"\xff\xd8\xff\xe0 truncated")
+    store.put(corrupt, b"\xff\xd8\xff\xe0 truncated")
 
     # When: `vehicle-train crop` is asked to use the detect workers
     assert cli.main(["crop", "s3://datasets/scenes", "s3://datasets/crops", "--via", "celery"]) == 0
@@ -230,4 +231,4 @@ def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
     assert report["written"] >= 18  # the zoo detector finds ~9 in 10 synthetic vehicles
     crops = index_dataset("s3://datasets/crops", store)
     assert len(crops.examples) == report["written"]
-    assert not list(store.list("s3://datasets/crops/_parts"))  # the workers' answers were cleaned up
+    assert not list(store.list("s3://datasets/crops/_parts/"))  # the workers' answers were cleaned up

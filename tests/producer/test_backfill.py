@@ -17,6 +17,7 @@ from producer.events import KeyFilter
 from producer.queue_depth import redis_queue_depth
 from tests.integration.stack import queued_tasks, redis_url
 from vehicle_core.config import load_settings
+from vehicle_core.storage import ObjectStore
 from workers.messages import sender_app
 
 pytestmark = pytest.mark.integration
@@ -102,8 +103,9 @@ def test_backfill_pauses_while_the_detect_queue_is_deeper_than_the_limit(s3, buc
     opts = BackfillOptions(bucket=bucket, keys=KEYS, max_queue_depth=10, pause_poll_s=0.05)
     stop = threading.Event()
     box = {}
+    store = ObjectStore(client=s3)
     worker = threading.Thread(target=lambda: box.update(stats=run_backfill(
-        s3, sender_app(settings.broker), opts, depth=lambda: redis_queue_depth(client, qname), stop=stop, progress=False)))
+        store, sender_app(settings.broker), opts, depth=lambda: redis_queue_depth(client, qname), stop=stop, progress=False)))
     # When: it runs with nobody consuming
     worker.start()
     try:

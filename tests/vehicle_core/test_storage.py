@@ -11,12 +11,14 @@ import pytest
 
 from vehicle_core.config import load_settings
 from vehicle_core.errors import (
+    AccessDeniedError,
     ImageTooLargeError,
     ModelLoadError,
     SourceNotFoundError,
+    StorageRejectedError,
     StorageUnavailableError,
 )
-from vehicle_core.storage import get_object, parse_s3_uri, put_json, resolve_local, s3_client
+from vehicle_core.storage import ObjectStore, parse_s3_uri, resolve_local, s3_client, storage_error
 
 
 @pytest.fixture
@@ -62,30 +64,89 @@ def test_parse_s3_uri():
         parse_s3_uri("http://bkt/a")
 
 
-def test_get_object_returns_bytes_and_metadata(aws_env, storage, s3, bucket):
-    s3.put_object(Bucket=bucket, Key="img.jpg", Body=b"12345")
-    data, meta = get_object(s3_client(storage), bucket, "img.jpg")
+def test_get_returns_bytes_and_what_s3_said(aws_env, storage, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="img.jpg", Body=b"12345", Metadata={"who": "test"})
+    data, info = ObjectStore(storage).get(f"s3://{bucket}/img.jpg")
     assert data == b"12345"
-    assert meta["size"] == 5 and meta["etag"] == s3.head_object(Bucket=bucket, Key="img.jpg")["ETag"].strip('"')
+    assert info.size == 5 and info.etag == s3.head_object(Bucket=bucket, Key="img.jpg")["ETag"].strip('"')
+    assert info.metadata == {"who": "test"} and info.key == "img.jpg"
 
 
-def test_get_object_of_missing_key_raises_not_found(aws_env, storage, bucket):
+def test_get_of_missing_key_raises_not_found_and_head_says_none(aws_env, storage, bucket):
+    store = ObjectStore(storage)
     with pytest.raises(SourceNotFoundError) as exc:
-        get_object(s3_client(storage), bucket, "missing.jpg")
+        store.get(f"s3://{bucket}/missing.jpg")
     assert exc.value.code == "not_found"
+    assert store.head(f"s3://{bucket}/missing.jpg") is None
+    assert store.get_json(f"s3://{bucket}/missing.json") is None
 
 
-def test_get_object_refuses_large_object_before_reading(aws_env, storage, s3, bucket):
+def test_get_refuses_large_object_before_reading(aws_env, storage, s3, bucket):
     s3.put_object(Bucket=bucket, Key="big.jpg", Body=b"x" * 1000)
     with pytest.raises(ImageTooLargeError):
-        get_object(s3_client(storage), bucket, "big.jpg", max_bytes=999)
+        ObjectStore(storage).get(f"s3://{bucket}/big.jpg", max_bytes=999)
 
 
-def test_put_json_round_trips(aws_env, storage, s3, bucket):
-    put_json(s3_client(storage), bucket, "results/a.json", {"a": [1, "é"]})
+def test_put_json_round_trips_with_metadata(aws_env, storage, s3, bucket):
+    store = ObjectStore(storage)
+    store.put_json(f"s3://{bucket}/results/a.json", {"a": [1, "é"]}, metadata={"vp-status": "ok"})
     obj = s3.get_object(Bucket=bucket, Key="results/a.json")
     assert json.loads(obj["Body"].read()) == {"a": [1, "é"]}
     assert obj["ContentType"] == "application/json"
+    assert store.head(f"s3://{bucket}/results/a.json").metadata == {"vp-status": "ok"}
+    assert store.get_json(f"s3://{bucket}/results/a.json") == {"a": [1, "é"]}
+
+
+def test_list_is_by_prefix_in_key_order_and_resumes_after_a_key(aws_env, storage, s3, bucket):
+    for key in ("cam/b.jpg", "cam/a.jpg", "cam2/c.jpg", "other/d.jpg"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    store = ObjectStore(storage)
+    assert [i.key for i in store.list(f"s3://{bucket}/cam")] == ["cam/a.jpg", "cam/b.jpg", "cam2/c.jpg"]
+    assert [i.key for i in store.list(f"s3://{bucket}/cam/")] == ["cam/a.jpg", "cam/b.jpg"]
+    assert [i.key for i in store.list(f"s3://{bucket}/", start_after="cam/b.jpg")] == ["cam2/c.jpg", "other/d.jpg"]
+    assert store.list_prefixes(f"s3://{bucket}/") == [f"s3://{bucket}/cam/", f"s3://{bucket}/cam2/", f"s3://{bucket}/other/"]
+    store.delete(f"s3://{bucket}/cam/a.jpg")
+    assert store.head(f"s3://{bucket}/cam/a.jpg") is None
+
+
+def test_local_paths_have_the_same_verbs(tmp_path, storage):
+    store = ObjectStore(storage)
+    store.put(str(tmp_path / "d" / "x.bin"), b"abc")
+    data, info = store.get(str(tmp_path / "d" / "x.bin"))
+    assert data == b"abc" and info.size == 3
+    assert [i.uri for i in store.list(str(tmp_path))] == [str(tmp_path / "d") + "/", str(tmp_path / "d" / "x.bin")]
+    with pytest.raises(SourceNotFoundError):
+        store.get(str(tmp_path / "nope.bin"))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [(404, "NoSuchKey", SourceNotFoundError), (404, "NoSuchBucket", SourceNotFoundError),
+     (403, "AccessDenied", AccessDeniedError), (400, "KeyTooLongError", StorageRejectedError),
+     (400, "InvalidRequest", StorageRejectedError), (409, "OperationAborted", StorageUnavailableError),
+     (429, "TooManyRequests", StorageUnavailableError), (503, "SlowDown", StorageUnavailableError),
+     (500, "InternalError", StorageUnavailableError), (400, "RequestTimeout", StorageUnavailableError)],
+)
+def test_one_translation_of_s3_errors(status, code, expected):
+    from botocore.exceptions import ClientError
+
+    exc = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    error = storage_error(exc, "GET", "s3://b/k")
+    assert type(error) is expected and "s3://b/k" in error.message
+
+
+def test_a_refused_head_is_not_a_deletion(aws_env, storage, s3, bucket):
+    from botocore.exceptions import ClientError
+
+    store = ObjectStore(storage)
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")
+
+    def deny(**_):
+        raise ClientError({"Error": {"Code": "403"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+
+    store.client.meta.events.register("before-call.s3.HeadObject", deny)
+    with pytest.raises(AccessDeniedError):
+        store.head(f"s3://{bucket}/k.jpg")
 
 
 def test_unreachable_endpoint_raises_storage_unavailable(storage, monkeypatch):
@@ -95,7 +156,7 @@ def test_unreachable_endpoint_raises_storage_unavailable(storage, monkeypatch):
         monkeypatch.setenv(name, value)
     dead = replace(storage, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1, connect_timeout_s=0.5)
     with pytest.raises(StorageUnavailableError):
-        get_object(s3_client(dead), "bkt", "k.jpg")
+        ObjectStore(dead).get("s3://bkt/k.jpg")
     with pytest.raises(ModelLoadError, match="s3://bkt/model.keras"):
         resolve_local("s3://bkt/model.keras", dead)
 

@@ -42,31 +42,38 @@ def _sent(client) -> list[tuple[dict, str | None]]:
     return out
 
 
-def test_a_transient_failure_is_resent_later_with_the_attempt_counted(classify_queue, s3, bucket):
+@pytest.fixture
+def store(aws_env):
+    from vehicle_core.storage import ObjectStore
+
+    return ObjectStore(load_settings().storage)
+
+
+def test_a_transient_failure_is_resent_later_with_the_attempt_counted(classify_queue, store, bucket):
     client, task = classify_queue
     outcome = retry_later(task, _request(), SourceRef(bucket, "k.jpg"), StorageUnavailableError("503"),
-                          max_retries=3, backoff_max=60, s3_client=s3, results=RESULTS)
+                          max_retries=3, backoff_max=60, store=store, results=RESULTS)
     assert outcome == "retry"
     ((kwargs, eta),) = _sent(client)
     assert kwargs == {"attempt": 1} and eta is not None
 
 
-def test_after_the_last_retry_an_error_result_is_written_instead(classify_queue, s3, bucket):
+def test_after_the_last_retry_an_error_result_is_written_instead(classify_queue, store, s3, bucket):
     client, task = classify_queue
     etag = s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")["ETag"].strip('"')
     outcome = retry_later(task, _request(attempt=3), SourceRef(bucket, "k.jpg", etag=etag),
-                          StorageUnavailableError("still 503"), max_retries=3, backoff_max=60, s3_client=s3,
+                          StorageUnavailableError("still 503"), max_retries=3, backoff_max=60, store=store,
                           results=RESULTS)
     assert outcome == "gave_up" and _sent(client) == []
     doc = json.loads(s3.get_object(Bucket=bucket, Key="results/k.jpg.json")["Body"].read())
     assert doc["status"] == "error" and doc["error"]["code"] == "storage_unavailable"
 
 
-def test_bad_input_is_never_retried(classify_queue, s3, bucket):
+def test_bad_input_is_never_retried(classify_queue, store, s3, bucket):
     client, task = classify_queue
     etag = s3.put_object(Bucket=bucket, Key="bad.jpg", Body=b"x")["ETag"].strip('"')
     outcome = retry_later(task, _request(), SourceRef(bucket, "bad.jpg", etag=etag), UndecodableImageError("broken"),
-                          max_retries=3, backoff_max=60, s3_client=s3, results=RESULTS)
+                          max_retries=3, backoff_max=60, store=store, results=RESULTS)
     assert outcome == "gave_up" and _sent(client) == []
     doc = json.loads(s3.get_object(Bucket=bucket, Key="results/bad.jpg.json")["Body"].read())
     assert doc["error"]["code"] == "undecodable"

@@ -13,18 +13,18 @@ from vehicle_core.config import load_settings
 
 @pytest.mark.slow
 def test_demo_classifier_trains_once_and_labels_fresh_crops(tmp_path):
-    from vehicle_core.training.quickstart import ensure_demo_classifier
-    from vehicle_core.training.synth_data import crop_examples
+    from training.quickstart import ensure_demo_classifier
+    from training.synthetic_datasets import crop_examples
 
     settings = load_settings(env={})
     # When no demo model is cached, one is trained (how long it takes: docs/training.md)
-    path = ensure_demo_classifier(tmp_path, settings.storage)
+    path = ensure_demo_classifier(tmp_path, settings)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["metrics"]["test_accuracy"] >= 0.85  # 0.88-0.99 over 7 runs on 2026-11-25 (chance: 0.17)
     # Then a second call reuses the cached artifact instead of training again
     model_file = path / "model.keras"
     before = (model_file.stat().st_mtime_ns, manifest["version"])
-    assert ensure_demo_classifier(tmp_path, settings.storage) == path
+    assert ensure_demo_classifier(tmp_path, settings) == path
     assert (model_file.stat().st_mtime_ns, json.loads((path / "manifest.json").read_text())["version"]) == before
     # And it labels crops from a seed it never saw, cut the way the pipeline cuts them
     clf = VehicleClassifier.from_artifact(path)

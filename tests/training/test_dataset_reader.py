@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tests.fixtures_models import write_labelled_images
+from training.dataset import index_dataset, make_tf_dataset
 from vehicle_core.config import load_settings
-from vehicle_core.training.dataset import ObjectReader, index_dataset, make_tf_dataset
+from vehicle_core.storage import ObjectStore
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_folder_layout_skips_corrupt_image_and_reports_empty_class(s3, bucket, s
     _upload(s3, bucket, local_images, "data/train")
     s3.put_object(Bucket=bucket, Key="data/train/red/broken.jpg", Body=b"\xff\xd8\xff\xe0 truncated")
     s3.put_object(Bucket=bucket, Key="data/train/green/", Body=b"")
-    reader = ObjectReader(storage)
+    reader = ObjectStore(storage)
     # When it is indexed and streamed
     index = index_dataset(f"s3://{bucket}/data", reader)
     x, y = _read_all(index, index.split("train"), reader)
@@ -59,7 +60,7 @@ def test_csv_manifest_with_relative_and_absolute_keys(s3, bucket, storage, local
     rows += [f"pool/red/{p.name},red,train" for p in local_images["red"]]
     rows += [f"s3://{bucket}/pool/blue/{p.name},blue,test" for p in local_images["blue"]]
     s3.put_object(Bucket=bucket, Key="manifest.csv", Body="\n".join(rows).encode())
-    reader = ObjectReader(storage)
+    reader = ObjectStore(storage)
 
     index = index_dataset(f"s3://{bucket}/manifest.csv", reader)
 
@@ -72,7 +73,7 @@ def test_csv_manifest_with_relative_and_absolute_keys(s3, bucket, storage, local
 
 def test_cache_dir_serves_repeated_reads_without_s3(s3, bucket, storage, tmp_path):
     s3.put_object(Bucket=bucket, Key="a.bin", Body=b"payload")
-    reader = ObjectReader(storage, cache_dir=tmp_path / "images")
+    reader = ObjectStore(storage, cache_dir=tmp_path / "images")
     assert reader.read(f"s3://{bucket}/a.bin") == b"payload"
     s3.delete_object(Bucket=bucket, Key="a.bin")
     assert reader.read(f"s3://{bucket}/a.bin") == b"payload"

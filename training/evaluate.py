@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from training.dataset import DatasetIndex, Example, make_tf_dataset
 from vehicle_core.config import StorageSettings
-from vehicle_core.training.dataset import DatasetIndex, Example, ObjectReader, make_tf_dataset
+from vehicle_core.storage import ObjectStore
 
 MAX_MISCLASSIFIED = 8
 
@@ -60,7 +61,7 @@ def evaluate_artifact(
     artifact: str | Path,
     index: DatasetIndex,
     examples: list[Example],
-    reader: ObjectReader,
+    reader: ObjectStore,
     *,
     split: str = "test",
     batch_size: int = 32,
@@ -189,14 +190,12 @@ def _image_png(image: np.ndarray, title: str, path: Path) -> None:
 
 def upload_report(report_dir: str | Path, uri: str, storage: StorageSettings) -> str:
     """Copy a report folder to ``uri`` (an ``s3://bucket/prefix``); returns the report.md URI."""
-    from vehicle_core.storage import parse_s3_uri, s3_client
-
-    client = s3_client(storage)
-    bucket, prefix = parse_s3_uri(uri.rstrip("/") + "/")
+    store = ObjectStore(storage)
+    base = uri.rstrip("/") + "/"
     for path in sorted(Path(report_dir).rglob("*")):
         if path.is_file():
-            client.upload_file(str(path), bucket, prefix + path.relative_to(report_dir).as_posix())
-    return f"s3://{bucket}/{prefix}report.md"
+            store.upload_file(path, base + path.relative_to(report_dir).as_posix())
+    return f"{base}report.md"
 
 
 def compare(reports: list[Evaluation]) -> str:

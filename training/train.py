@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.dataset import DatasetIndex, Example, make_tf_dataset
 from vehicle_core.classifier import build_classifier, make_manifest, preprocess, save_artifact
 from vehicle_core.config import StorageSettings, TrainingSettings
-from vehicle_core.training.dataset import DatasetIndex, Example, ObjectReader, make_tf_dataset
+from vehicle_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def class_weights(examples: Sequence[Example], class_names: Sequence[str]) -> di
 
 def train_classifier(
     index: DatasetIndex,
-    reader: ObjectReader,
+    reader: ObjectStore,
     settings: TrainingSettings,
     *,
     run_dir: str | Path,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from training.publish import publish, set_current
 from vehicle_core.classifier import load_artifact, load_classifier, save_artifact
 from vehicle_core.config import load_settings
 from vehicle_core.errors import ModelLoadError
-from vehicle_core.training.publish import current_version, list_versions, publish, set_current
+from vehicle_core.registry import current_version, list_versions
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 from tests.fixtures_models import write_labelled_images
 from tests.integration.stack import free_port
+from training import cli
+from training.remote_crops import CeleryChunks, find_detect_workers
 from vehicle_core.config import load_settings
-from vehicle_core.training import cli
-from workers.dataset_crops import CeleryChunks, find_detect_workers
 
 
 def test_no_broker_means_no_detect_workers():
@@ -52,3 +52,17 @@ def test_chunks_go_to_s3_destinations_only():
     chunks = CeleryChunks(load_settings(env={}), ["detect@x"])
     with pytest.raises(ValueError, match="s3://"):
         chunks(None, [([{"uri": "a.jpg", "label": "car", "split": "train"}], "/tmp/out", {}, None)])
+
+
+def test_a_worker_never_reads_or_writes_local_paths_named_by_a_task(tmp_path):
+    from vehicle_core.errors import ConfigError
+    from workers.dataset_crops import run_chunk
+
+    settings = load_settings(env={})
+    examples = [{"uri": "/etc/passwd", "label": "car", "split": "train"}]
+    for dst, part in ((str(tmp_path), "s3://b/p.json"), ("s3://b/d", str(tmp_path / "p.json"))):
+        with pytest.raises(ConfigError, match="s3://"):
+            run_chunk([], dst, None, part, settings=settings, stage=None, worker="w")
+    with pytest.raises(ConfigError, match="/etc/passwd"):
+        run_chunk(examples, "s3://b/d", None, "s3://b/p.json", settings=settings, stage=None, worker="w")
+    assert list(tmp_path.iterdir()) == []

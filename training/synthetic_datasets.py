@@ -18,7 +18,7 @@ import numpy as np
 
 from vehicle_core.config import CropSettings
 from vehicle_core.results import Detection
-from vehicle_core.training.dataset import ObjectReader
+from vehicle_core.storage import ObjectStore
 
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -54,7 +54,7 @@ def crop_examples(
 
 def write_crop_dataset(
     root: str,
-    store: ObjectReader,
+    store: ObjectStore,
     *,
     per_class: int,
     seed: int,
@@ -68,14 +68,14 @@ def write_crop_dataset(
     written: dict[str, int] = {}
     for n, (label, pixels) in enumerate(crop_examples(seed, per_class, crop)):
         split = plan[n // len(CLASSES)]
-        store.write(f"{root.rstrip('/')}/{split}/{label}/{n:05d}.png", encode(pixels, ".png"))
+        store.put(f"{root.rstrip('/')}/{split}/{label}/{n:05d}.png", encode(pixels, ".png"))
         written[split] = written.get(split, 0) + 1
     return written
 
 
 def write_scene_dataset(
     root: str,
-    store: ObjectReader,
+    store: ObjectStore,
     *,
     n: int,
     seed: int,
@@ -100,9 +100,9 @@ def write_scene_dataset(
         scene = make_scene(rng, size=size, n_vehicles=n_vehicles, scale=scale)
         primary = max(scene.objects, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
         uri = f"{root.rstrip('/')}/{split}/{primary.label}/{i:05d}.jpg"
-        store.write(uri, encode(scene.image, ".jpg"))
+        store.put(uri, encode(scene.image, ".jpg"))
         boxes = [{"label": o.label, "detector_class": o.detector_class, "box": [float(v) for v in o.box]} for o in scene.objects]
         lines.append(json.dumps({"uri": uri, "label": primary.label, "split": split, "objects": boxes}))
         written[split] = written.get(split, 0) + 1
-    store.write(f"{root.rstrip('/')}/annotations.jsonl", ("\n".join(lines) + "\n").encode())
+    store.put(f"{root.rstrip('/')}/annotations.jsonl", ("\n".join(lines) + "\n").encode())
     return written

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from tests.fixtures_models import write_labelled_images
+from training.crops import crop_chunk, crop_dataset
+from training.dataset import decode_example, index_dataset
 from vehicle_core.config import load_settings
-from vehicle_core.training.crops import crop_chunk, crop_dataset
-from vehicle_core.training.dataset import ObjectReader, decode_example, index_dataset
+from vehicle_core.storage import ObjectStore
 
 
 def test_ground_truth_crops_keep_layout_and_list_images_without_vehicle(tmp_path):
@@ -23,10 +24,10 @@ def test_ground_truth_crops_keep_layout_and_list_images_without_vehicle(tmp_path
     # When the dataset is cropped
     rows = crop_dataset(str(src), str(tmp_path / "crops"), settings, use_ground_truth=True)
     # Then each image with a box gives one crop of its largest box, under the same split/label
-    index = index_dataset(str(tmp_path / "crops"), ObjectReader())
+    index = index_dataset(str(tmp_path / "crops"), ObjectStore())
     assert index.counts() == {"train": {"blue": 1, "red": 2}}
     assert [r["skipped"] for r in rows if "skipped" in r] == ["no_vehicle"]
-    crop = decode_example(ObjectReader().read(index.split("train")[-1].uri), 32)
+    crop = decode_example(ObjectStore().read(index.split("train")[-1].uri), 32)
     assert crop is not None and crop[..., 0].mean() > crop[..., 2].mean()  # the red bar, not the noise
     report = json.loads((tmp_path / "crops" / "report.json").read_text())
     assert report["written"] == 3

@@ -1,6 +1,6 @@
 """The card's claim, measured: does training on detector crops beat training on full images?
 
-    python -m vehicle_core.training.benchmark --out bench-out [--scenes 600] [--ground-truth]
+    python -m training.crops_vs_full --out bench-out [--scenes 600] [--ground-truth]
 
 One synthetic benchmark (cluttered scenes, small vehicles, label = the primary vehicle's), two runs of
 the same classifier with the same settings and epochs: on the full images, and on the primary
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.quickstart import DEMO_TRAINING
 from vehicle_core.config import Settings, load_settings
-from vehicle_core.training.quickstart import DEMO_TRAINING
 
 #: The demo's preset (from scratch: no ImageNet offline) but a larger input, since vehicles are small.
 #: The whole network trains here (finetune_layers -1), as in the measured run in docs/training.md.
@@ -30,13 +30,14 @@ BENCH_TRAINING: dict[str, Any] = {**DEMO_TRAINING, "image_size": 64, "finetune_e
 def run_benchmark(out: Path, settings: Settings, *, n_scenes: int, seed: int, ground_truth: bool,
                   imagenet_weights: str | None = None) -> dict[str, Any]:
     """Make the scenes, crop them, train both models, score both on the same test scenes."""
-    from vehicle_core.training.crops import crop_dataset
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.evaluate import evaluate_artifact, write_report
-    from vehicle_core.training.synth_data import write_scene_dataset
-    from vehicle_core.training.train import train_classifier
+    from training.crops import crop_dataset
+    from training.dataset import index_dataset
+    from training.evaluate import evaluate_artifact, write_report
+    from training.synthetic_datasets import write_scene_dataset
+    from training.train import train_classifier
+    from vehicle_core.storage import ObjectStore
 
-    store = ObjectReader(settings.storage)
+    store = ObjectStore(settings.storage)
     scenes, crops = str(out / "scenes"), str(out / "crops")
     t0 = time.monotonic()
     write_scene_dataset(scenes, store, n=n_scenes, seed=seed)
@@ -91,7 +92,7 @@ def _markdown(s: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vehicle_core.training.benchmark", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.crops_vs_full", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scenes", type=int, default=600)
     p.add_argument("--seed", type=int, default=3)

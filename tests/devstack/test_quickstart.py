@@ -1,4 +1,4 @@
-"""`vehicle-train quickstart --local-s3`: the training loop end to end against a loopback moto S3.
+"""`make quickstart` (`python -m devstack.quickstart`): the training loop end to end against a loopback moto S3.
 
 A tiny run (10 crops per class): it checks the plumbing (data to S3, streaming training, report,
 publish, the pointer a worker follows), not accuracy; docs/training.md has the full-size figures.
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from vehicle_core.training import cli
+from devstack import quickstart
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_quickstart_trains_evaluates_and_publishes_what_workers_load(tmp_path, capsys):
     out = tmp_path / "qs"
     env_before = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    code = cli.main(["quickstart", "--local-s3", "--bucket", "quickstart-test", "--out", str(out), "--per-class", "10"])
+    code = quickstart.main(["--bucket", "quickstart-test", "--out", str(out), "--per-class", "10"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     # The loopback server is gone, and so are its endpoint and test credentials from this process

@@ -8,10 +8,11 @@ import keras
 import numpy as np
 import pytest
 
+from training.dataset import index_dataset
+from training.train import train_classifier
 from vehicle_core.classifier import VehicleClassifier, load_artifact
 from vehicle_core.config import load_settings
-from vehicle_core.training.dataset import ObjectReader, index_dataset
-from vehicle_core.training.train import train_classifier
+from vehicle_core.storage import ObjectStore
 
 
 class Interrupted(Exception):
@@ -55,7 +56,7 @@ def _tiny_settings(**changes):
 
 
 def test_tiny_run_saves_a_loadable_artifact_with_its_settings(tiny_image_folder, tmp_path):
-    reader = ObjectReader()
+    reader = ObjectStore()
     index = index_dataset(str(tiny_image_folder), reader)
     result = train_classifier(index, reader, _tiny_settings(), run_dir=tmp_path / "run", version="tiny-1")
     model, manifest = load_artifact(result.artifact)
@@ -71,7 +72,7 @@ def test_tiny_run_saves_a_loadable_artifact_with_its_settings(tiny_image_folder,
 
 def test_interrupted_run_resumes_from_saved_epoch(tiny_image_folder, tmp_path):
     # Given a run of 3 head epochs (3 batches each: 24 images / 8) killed in its second epoch
-    reader = ObjectReader()
+    reader = ObjectStore()
     index = index_dataset(str(tiny_image_folder), reader)
     settings = _tiny_settings(head_epochs=3, finetune_epochs=0, augment=False, early_stopping_patience=5)
     run_dir = tmp_path / "run"

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from tests.fixtures_models import write_labelled_images
+from training.cli import main
+from training.dataset import index_dataset
+from training.evaluate import evaluate_artifact, scores, write_report
 from vehicle_core.classifier import load_artifact, save_artifact
-from vehicle_core.training.cli import main
-from vehicle_core.training.dataset import ObjectReader, index_dataset
-from vehicle_core.training.evaluate import evaluate_artifact, scores, write_report
+from vehicle_core.storage import ObjectStore
 
 
 def test_scores_match_hand_counted_confusion():
@@ -35,7 +36,7 @@ def test_report_folder_and_run_comparison(classifier_artifact, tmp_path, capsys)
         (tmp_path / "data" / "test" / label).mkdir(parents=True)
         for p in paths:
             p.rename(tmp_path / "data" / "test" / label / p.name)
-    reader = ObjectReader()
+    reader = ObjectStore()
     index = index_dataset(str(tmp_path / "data"), reader)
     # When each is evaluated and reported
     for version in ("a", "b"):

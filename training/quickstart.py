@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vehicle_core.classifier import DEMO_CACHE_NAME, MANIFEST_FILE
-from vehicle_core.config import Settings, StorageSettings, TrainingSettings, load_settings
+from vehicle_core.config import Settings, TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ DEMO_TRAINING: dict[str, Any] = {
 }
 
 
-def demo_training_settings(base: TrainingSettings | None = None) -> TrainingSettings:
-    """The training settings of the demo model (the defaults with :data:`DEMO_TRAINING` applied)."""
-    base = base or load_settings(env={}).training
+def demo_training_settings(base: TrainingSettings) -> TrainingSettings:
+    """The training settings of the demo model: ``base`` with :data:`DEMO_TRAINING` applied."""
     return dataclasses.replace(base, **DEMO_TRAINING)
 
 
@@ -64,7 +63,7 @@ def _is_demo_artifact(path: Path) -> bool:
     return manifest.get("name") == DEMO_NAME and manifest.get("class_names") == sorted(CLASSES)
 
 
-def ensure_demo_classifier(cache_dir: Path, storage: StorageSettings) -> Path:
+def ensure_demo_classifier(cache_dir: Path, settings: Settings) -> Path:
     """Path of a trained demo classifier artifact under ``cache_dir``, training one if none is cached.
 
     Safe to call from several processes at once: one trains, the others wait for it (file lock).
@@ -79,30 +78,30 @@ def ensure_demo_classifier(cache_dir: Path, storage: StorageSettings) -> Path:
         if _is_demo_artifact(target):
             return target
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            result = train_demo(Path(tmp), storage)
+            result = train_demo(Path(tmp), settings)
             shutil.rmtree(target, ignore_errors=True)
             Path(result["artifact"]).rename(target)  # same file system: atomic
     log.info("demo classifier ready at %s (test accuracy %.3f)", target, result["test_accuracy"])
     return target
 
 
-def train_demo(work_dir: Path, storage: StorageSettings | None = None, *, per_class: int = DEMO_PER_CLASS) -> dict[str, Any]:
+def train_demo(work_dir: Path, settings: Settings, *, per_class: int = DEMO_PER_CLASS) -> dict[str, Any]:
     """Make synthetic crops in ``work_dir/data``, train the demo preset, score it on the test split."""
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.evaluate import evaluate_artifact
-    from vehicle_core.training.synth_data import write_crop_dataset
-    from vehicle_core.training.train import train_classifier
+    from training.dataset import index_dataset
+    from training.evaluate import evaluate_artifact
+    from training.synthetic_datasets import write_crop_dataset
+    from training.train import train_classifier
+    from vehicle_core.storage import ObjectStore
 
     t0 = time.monotonic()
-    settings = load_settings(env={})
-    store = ObjectReader(storage)
+    store = ObjectStore(settings.storage)
     data = str(work_dir / "data")
     write_crop_dataset(data, store, per_class=per_class, seed=DEMO_SEED, crop=settings.crop)
     t_data = time.monotonic() - t0
     index = index_dataset(data, store)
     result = train_classifier(
         index, store, demo_training_settings(settings.training), run_dir=work_dir / "run", name=DEMO_NAME,
-        storage=storage,
+        storage=settings.storage,
     )
     t_train = time.monotonic() - t0 - t_data
     evaluation, _ = evaluate_artifact(result.artifact, index, index.split("test"), store)
@@ -127,15 +126,16 @@ def _record_test_accuracy(artifact: Path, accuracy: float, n_images: int) -> Non
 
 def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class: int = DEMO_PER_CLASS) -> dict[str, Any]:
     """Synthetic data to ``s3://bucket/quickstart/data``, train from it, evaluate, publish; a summary."""
+    from training.dataset import index_dataset
+    from training.evaluate import evaluate_artifact, upload_report, write_report
+    from training.publish import publish
+    from training.synthetic_datasets import write_crop_dataset
+    from training.train import train_classifier
     from vehicle_core.classifier import load_classifier
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.evaluate import evaluate_artifact, upload_report, write_report
-    from vehicle_core.training.publish import publish
-    from vehicle_core.training.synth_data import write_crop_dataset
-    from vehicle_core.training.train import train_classifier
+    from vehicle_core.storage import ObjectStore
 
     t0 = time.monotonic()
-    store = ObjectReader(settings.storage, cache_dir=out_dir / "cache")
+    store = ObjectStore(settings.storage, cache_dir=out_dir / "cache")
     data = f"s3://{bucket}/quickstart/data"
     written = write_crop_dataset(data, store, per_class=per_class, seed=DEMO_SEED, crop=settings.crop)
     index = index_dataset(data, store)

@@ -7,7 +7,7 @@
     vehicle-train evaluate runs/a/artifact s3://b/synth --out reports/a [--upload s3://b/reports/a]
     vehicle-train publish runs/a/artifact s3://b/models/classifier
     vehicle-train compare reports/a reports/b
-    vehicle-train quickstart --bucket b [--local-s3]                   # all of it, end to end
+    vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 
 Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
 Exit status 0 on success, 2 on a configuration, model, data or S3 problem (one line on stderr).
@@ -73,8 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bucket", required=True)
     s.add_argument("--out", default="quickstart-out", help="local folder for the run and the report")
     s.add_argument("--per-class", type=int, default=200)
-    s.add_argument("--local-s3", action="store_true",
-                   help="start moto's S3 server on loopback for the run (no AWS account needed) and create the bucket")
     return p
 
 
@@ -96,17 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _make_synthetic(args, settings):
-    from vehicle_core.training.dataset import ObjectReader
-    from vehicle_core.training.synth_data import write_crop_dataset, write_scene_dataset
+    from training.synthetic_datasets import write_crop_dataset, write_scene_dataset
+    from vehicle_core.storage import ObjectStore
 
-    store = ObjectReader(settings.storage)
+    store = ObjectStore(settings.storage)
     if args.scenes:
         return write_scene_dataset(args.root, store, n=args.scenes, seed=args.seed, scale=tuple(args.scale))
     return write_crop_dataset(args.root, store, per_class=args.per_class, seed=args.seed, crop=settings.crop)
 
 
 def _crop(args, settings):
-    from vehicle_core.training.crops import crop_dataset
+    from training.crops import crop_dataset
 
     map_chunks = _detect_workers_map(args, settings)
     rows = crop_dataset(args.src, args.dst, settings, use_ground_truth=args.ground_truth, map_chunks=map_chunks)
@@ -120,7 +118,7 @@ def _detect_workers_map(args, settings):
         return None
     if not on_s3:
         raise ValueError("--via celery needs s3:// source and destination: the workers cannot see local folders")
-    from workers.dataset_crops import CeleryChunks, find_detect_workers  # the one place training needs Celery
+    from training.remote_crops import CeleryChunks, find_detect_workers  # the one place training needs Celery
 
     found = find_detect_workers(settings)
     if found:
@@ -133,10 +131,11 @@ def _detect_workers_map(args, settings):
 
 
 def _train(args, settings):
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.train import train_classifier
+    from training.dataset import index_dataset
+    from training.train import train_classifier
+    from vehicle_core.storage import ObjectStore
 
-    store = ObjectReader(settings.storage, cache_dir=args.cache_dir)
+    store = ObjectStore(settings.storage, cache_dir=args.cache_dir)
     index = index_dataset(args.data, store)
     print(index.summary(), file=sys.stderr)
     result = train_classifier(
@@ -146,10 +145,11 @@ def _train(args, settings):
 
 
 def _evaluate(args, settings):
-    from vehicle_core.training.dataset import ObjectReader, index_dataset
-    from vehicle_core.training.evaluate import evaluate_artifact, upload_report, write_report
+    from training.dataset import index_dataset
+    from training.evaluate import evaluate_artifact, upload_report, write_report
+    from vehicle_core.storage import ObjectStore
 
-    store = ObjectReader(settings.storage)
+    store = ObjectStore(settings.storage)
     index = index_dataset(args.data, store)
     evaluation, images = evaluate_artifact(args.artifact, index, index.split(args.split), store, split=args.split)
     report = write_report(evaluation, images, args.out)
@@ -158,7 +158,7 @@ def _evaluate(args, settings):
 
 
 def _publish(args, settings):
-    from vehicle_core.training.publish import publish
+    from training.publish import publish
 
     registry = args.registry or settings.classifier.registry
     if not registry:
@@ -167,24 +167,15 @@ def _publish(args, settings):
 
 
 def _compare(args, settings):
-    from vehicle_core.training.evaluate import compare, load_evaluation
+    from training.evaluate import compare, load_evaluation
 
     return compare([load_evaluation(Path(r) / "metrics.json") for r in args.reports])
 
 
 def _quickstart(args, settings):
-    from vehicle_core.training.quickstart import run_quickstart
+    from training.quickstart import run_quickstart
 
-    if not args.local_s3:
-        return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
-    from devstack.servers import aws_env, environment, moto_server
-    from vehicle_core.storage import s3_client
-
-    with moto_server() as moto, environment(aws_env(moto.endpoint_url)):  # moto's test credentials, then back
-        print(f"moto S3 server on {moto.endpoint_url} (gone when this command ends)", file=sys.stderr)
-        local = settings.replace(storage={"endpoint_url": moto.endpoint_url})
-        s3_client(local.storage).create_bucket(Bucket=args.bucket)
-        return run_quickstart(local, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
+    return run_quickstart(settings, args.bucket, out_dir=Path(args.out), per_class=args.per_class)
 
 
 COMMANDS = {

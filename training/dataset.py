@@ -13,19 +13,17 @@ so nothing is downloaded in full first. Unreadable images are skipped and listed
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from vehicle_core.classifier import letterbox
-from vehicle_core.config import StorageSettings
+from vehicle_core.errors import VehiclePipelineError
+from vehicle_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -74,88 +72,17 @@ class DatasetIndex:
         return "\n".join(lines)
 
 
-class ObjectReader:
-    """Reads (and writes) bytes of ``s3://`` URIs or local paths; optional local cache for re-reads."""
-
-    def __init__(self, storage: StorageSettings | None = None, cache_dir: str | Path | None = None) -> None:
-        self.storage = storage
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self._local = threading.local()  # boto3 clients are thread-safe, but one per thread avoids contention
-
-    def _client(self):
-        if getattr(self._local, "client", None) is None:
-            from vehicle_core.storage import s3_client
-
-            self._local.client = s3_client(self.storage)
-        return self._local.client
-
-    def read(self, uri: str) -> bytes:
-        if not uri.startswith("s3://"):
-            return Path(uri).read_bytes()
-        cached = self.cache_dir / hashlib.sha1(uri.encode()).hexdigest() if self.cache_dir else None
-        if cached is not None and cached.is_file():
-            return cached.read_bytes()
-        from vehicle_core.storage import parse_s3_uri
-
-        bucket, key = parse_s3_uri(uri)
-        try:
-            data = self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except self._client().exceptions.NoSuchKey as exc:  # like a missing local file: an OSError
-            raise FileNotFoundError(f"{uri}: no such object") from exc
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(cached)  # atomic: a parallel reader never sees half a file
-        return data
-
-    def write(self, uri: str, data: bytes) -> None:
-        """Store ``data`` at an ``s3://`` URI or a local path (parent folders created)."""
-        if not uri.startswith("s3://"):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            Path(uri).write_bytes(data)
-            return
-        from vehicle_core.storage import parse_s3_uri
-
-        bucket, key = parse_s3_uri(uri)
-        self._client().put_object(Bucket=bucket, Key=key, Body=data)
-
-    def delete(self, uri: str) -> None:
-        """Remove the object at an ``s3://`` URI or a local path (nothing there is fine)."""
-        if not uri.startswith("s3://"):
-            Path(uri).unlink(missing_ok=True)
-            return
-        from vehicle_core.storage import parse_s3_uri
-
-        bucket, key = parse_s3_uri(uri)
-        self._client().delete_object(Bucket=bucket, Key=key)
-
-    def list(self, root: str) -> Iterable[str]:
-        """Every key (as a full URI/path) under ``root``, folder markers (ending in '/') included."""
-        if not root.startswith("s3://"):
-            base = Path(root)
-            for p in sorted(base.rglob("*")):
-                yield str(p) + ("/" if p.is_dir() else "")
-            return
-        from vehicle_core.storage import parse_s3_uri
-
-        bucket, prefix = parse_s3_uri(root.rstrip("/") + "/")
-        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield f"s3://{bucket}/{obj['Key']}"
-
-
-def index_dataset(root: str, reader: ObjectReader) -> DatasetIndex:
+def index_dataset(root: str, reader: ObjectStore) -> DatasetIndex:
     """Index ``root``: a folder/prefix in the split/label layout, or a ``.csv`` manifest."""
     if root.lower().endswith(".csv"):
         return _index_csv(root, reader)
     return _index_folders(root.rstrip("/"), reader)
 
 
-def _index_folders(root: str, reader: ObjectReader) -> DatasetIndex:
+def _index_folders(root: str, reader: ObjectStore) -> DatasetIndex:
     examples, labels_seen = [], {}
-    for uri in reader.list(root):
+    for info in reader.list(root + "/"):
+        uri = info.uri
         parts = uri[len(root) + 1 :].strip("/").split("/")
         if len(parts) < 2:
             continue
@@ -166,7 +93,7 @@ def _index_folders(root: str, reader: ObjectReader) -> DatasetIndex:
     return _finish(root, examples, labels_seen)
 
 
-def _index_csv(root: str, reader: ObjectReader) -> DatasetIndex:
+def _index_csv(root: str, reader: ObjectStore) -> DatasetIndex:
     base = root.rsplit("/", 1)[0]
     rows = list(csv.reader(io.StringIO(reader.read(root).decode("utf-8-sig"))))
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["key", "label"]:
@@ -209,7 +136,7 @@ def decode_example(data: bytes, size: int) -> np.ndarray | None:
 def make_tf_dataset(
     index: DatasetIndex,
     examples: list[Example],
-    reader: ObjectReader,
+    reader: ObjectStore,
     *,
     image_size: int,
     batch_size: int,
@@ -232,7 +159,7 @@ def make_tf_dataset(
         uri = uri_t.numpy().decode()
         try:
             image = decode_example(reader.read(uri), image_size)
-        except (OSError, ValueError) as exc:  # a vanished object or a read error: skip it like a bad image
+        except (VehiclePipelineError, ValueError) as exc:  # a vanished object or a read error: skip it like a bad image
             log.warning("cannot read %s: %s", uri, exc)
             image = None
         if image is None:

@@ -1,0 +1,34 @@
+"""Storage: the project's one S3 layer (clients, error translation, an object store) and artifacts.
+
+* :mod:`vehicle_core.storage.s3` — boto3 clients honouring ``AWS_ENDPOINT_URL(_S3)`` with adaptive
+  retries, ``s3://`` URIs, ETags, and :func:`storage_error`, the one translation of botocore errors;
+* :mod:`vehicle_core.storage.objects` — :class:`ObjectStore`: head, get (bounded), get_json, put,
+  list, delete over ``s3://`` URIs and local paths;
+* :mod:`vehicle_core.storage.artifacts` — :func:`resolve_local` for model artifacts (``zoo://``,
+  ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag.
+"""
+
+from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local
+from vehicle_core.storage.objects import ObjectInfo, ObjectStore, is_s3
+from vehicle_core.storage.s3 import (
+    normalize_etag,
+    parse_s3_uri,
+    s3_client,
+    s3_uri,
+    sqs_client,
+    storage_error,
+)
+
+__all__ = [
+    "ZOO_DIR",
+    "ObjectInfo",
+    "ObjectStore",
+    "is_s3",
+    "normalize_etag",
+    "parse_s3_uri",
+    "resolve_local",
+    "s3_client",
+    "s3_uri",
+    "sqs_client",
+    "storage_error",
+]

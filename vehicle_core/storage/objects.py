@@ -1,0 +1,261 @@
+"""One object store for the whole project: ``s3://bucket/key`` URIs and local paths, six verbs.
+
+    store = ObjectStore(settings.storage)
+    data, info = store.get("s3://photos/cam1/0001.jpg", max_bytes=settings.images.max_bytes)
+    store.put_json("s3://photos/results/cam1/0001.jpg.json", doc, metadata={"etag": info.etag})
+    for info in store.list("s3://photos/cam1/"): ...
+
+Workers, producer, training and the CLIs read and write through it, so S3 failures are translated
+once (:func:`vehicle_core.storage.s3.storage_error`): a missing object is ``SourceNotFoundError``, a
+refusal ``AccessDeniedError``/``StorageRejectedError`` (permanent), throttling and 5xx left after
+botocore's adaptive retries ``StorageUnavailableError`` (transient). Local paths get the same verbs
+(training reads folders; tests and laptops need no S3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from vehicle_core.config import StorageSettings
+from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
+from vehicle_core.storage.s3 import normalize_etag, parse_s3_uri, s3_client, storage_error
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD, GET or listing says about one object (``uri`` ends in '/' for a local folder)."""
+
+    uri: str
+    key: str
+    etag: str | None = None  # bare, no quotes
+    size: int | None = None
+    last_modified: dt.datetime | None = None
+    version_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ObjectStore:
+    """Bytes at ``s3://`` URIs or local paths: head, get (bounded), get_json, put, list, delete.
+
+    ``client`` defaults to one boto3 client per thread, built on first use (clients are thread-safe,
+    but one per thread avoids their pool's lock). ``cache_dir`` keeps a local copy of each S3 object
+    :meth:`read` fetched (training re-reads its dataset every epoch).
+    """
+
+    def __init__(self, storage: StorageSettings | None = None, *, cache_dir: str | Path | None = None,
+                 client: Any = None) -> None:
+        self.storage = storage
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self._shared_client = client
+        self._local = threading.local()
+
+    @property
+    def client(self):
+        if self._shared_client is not None:
+            return self._shared_client
+        if getattr(self._local, "client", None) is None:
+            if self.storage is None:
+                raise ValueError("an ObjectStore without storage settings reads local paths only")
+            self._local.client = s3_client(self.storage)
+        return self._local.client
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def head(self, uri: str) -> ObjectInfo | None:
+        """The object's ETag, size, time, version and user metadata; None when it does not exist.
+
+        Only a 404 is "does not exist": a 403 raises AccessDeniedError (a refusal is not a deletion).
+        """
+        if not is_s3(uri):
+            path = Path(uri)
+            return _local_info(path) if path.is_file() else None
+        bucket, key = parse_s3_uri(uri)
+        try:
+            resp = self.client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            error = storage_error(exc, "HEAD", uri)
+            if isinstance(error, SourceNotFoundError):
+                return None
+            raise error from exc
+        return _info(uri, key, resp)
+
+    def get(self, uri: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and what S3 said of them. Larger than ``max_bytes`` (judged by
+        Content-Length before the body is read) -> ImageTooLargeError; missing -> SourceNotFoundError."""
+        if not is_s3(uri):
+            return self._get_local(Path(uri), max_bytes)
+        bucket, key = parse_s3_uri(uri)
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key)
+            size = int(resp.get("ContentLength") or 0)
+            if max_bytes is not None and size > max_bytes:
+                resp["Body"].close()
+                raise ImageTooLargeError(f"{uri} is {size} bytes, above the limit of {max_bytes}")
+            data = resp["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "GET", uri) from exc
+        info = _info(uri, key, resp)
+        return data, info if info.size else _with_size(info, len(data))
+
+    def read(self, uri: str) -> bytes:
+        """The object's bytes (no size limit), through ``cache_dir`` when one is set."""
+        cached = self.cache_dir / hashlib.sha1(uri.encode()).hexdigest() if self.cache_dir and is_s3(uri) else None
+        if cached is not None and cached.is_file():
+            return cached.read_bytes()
+        data, _ = self.get(uri)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{threading.get_ident()}.part")
+            tmp.write_bytes(data)
+            tmp.replace(cached)  # atomic: a parallel reader never sees half a file
+        return data
+
+    def get_json(self, uri: str) -> Any | None:
+        """The parsed JSON document at ``uri``; None when there is none or it is not JSON."""
+        try:
+            data, _ = self.get(uri)
+        except SourceNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+    def list(self, root: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under ``root`` (a prefix, not a folder: ``s3://b/cam`` lists ``cam1/…`` too),
+        in key order, page by page (memory bounded by a page). Local roots walk the folder, folders
+        included with a trailing '/'. ``start_after``: a key (not URI) to resume a listing after."""
+        if not is_s3(root):
+            yield from _list_local(Path(root))
+            return
+        bucket, prefix = parse_s3_uri(root)
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+                for obj in page.get("Contents", []):
+                    yield _info(f"s3://{bucket}/{obj['Key']}", obj["Key"], obj)
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "LIST", root) from exc
+
+    def list_prefixes(self, root: str, delimiter: str = "/") -> list[str]:
+        """The "sub-folders" directly under an ``s3://`` prefix (CommonPrefixes), as URIs."""
+        bucket, prefix = parse_s3_uri(root)
+        out: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                        Delimiter=delimiter)
+            for page in pages:
+                out += [f"s3://{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "LIST", root) from exc
+        return out
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put(self, uri: str, data: bytes, *, content_type: str | None = None,
+            metadata: dict[str, str] | None = None) -> None:
+        """Store ``data`` at ``uri`` (local parent folders created); ``metadata`` becomes S3 user
+        metadata (``x-amz-meta-*``), readable by HEAD and by listings that ask for it."""
+        if not is_s3(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            Path(uri).write_bytes(data)
+            return
+        bucket, key = parse_s3_uri(uri)
+        extra: dict[str, Any] = {}
+        if content_type:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = metadata
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "PUT", uri) from exc
+
+    def put_json(self, uri: str, document: Any, *, metadata: dict[str, str] | None = None) -> None:
+        """Write ``document`` as compact UTF-8 JSON."""
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self.put(uri, body, content_type="application/json", metadata=metadata)
+
+    def delete(self, uri: str) -> None:
+        """Remove the object (nothing there is fine, as in S3)."""
+        if not is_s3(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        bucket, key = parse_s3_uri(uri)
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "DELETE", uri) from exc
+
+    def upload_file(self, path: str | Path, uri: str) -> None:
+        """Copy a local file to ``uri`` (multipart for large files, as boto3's transfer manager does)."""
+        bucket, key = parse_s3_uri(uri)
+        try:
+            self.client.upload_file(str(path), bucket, key)
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "PUT", uri) from exc
+
+    def download_file(self, uri: str, path: str | Path) -> None:
+        """Copy the object at ``uri`` to a local file."""
+        bucket, key = parse_s3_uri(uri)
+        try:
+            self.client.download_file(bucket, key, str(path))
+        except (ClientError, BotoCoreError) as exc:
+            raise storage_error(exc, "GET", uri) from exc
+
+    def _get_local(self, path: Path, max_bytes: int | None) -> tuple[bytes, ObjectInfo]:
+        try:
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ImageTooLargeError(f"{path} is {size} bytes, above the limit of {max_bytes}")
+            return path.read_bytes(), _local_info(path)
+        except OSError as exc:
+            raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def _info(uri: str, key: str, resp: dict[str, Any]) -> ObjectInfo:
+    size = resp.get("ContentLength", resp.get("Size"))
+    return ObjectInfo(
+        uri=uri,
+        key=key,
+        etag=normalize_etag(resp.get("ETag")),
+        size=int(size) if size is not None else None,
+        last_modified=resp.get("LastModified"),
+        version_id=resp.get("VersionId"),
+        metadata=dict(resp.get("Metadata") or {}),
+    )
+
+
+def _with_size(info: ObjectInfo, size: int) -> ObjectInfo:
+    from dataclasses import replace
+
+    return replace(info, size=size)
+
+
+def _local_info(path: Path) -> ObjectInfo:
+    stat = path.stat()
+    modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
+    return ObjectInfo(uri=str(path), key=str(path), size=stat.st_size, last_modified=modified)
+
+
+def _list_local(base: Path) -> Iterator[ObjectInfo]:
+    for p in sorted(base.rglob("*")):
+        if p.is_dir():
+            yield ObjectInfo(uri=str(p) + "/", key=str(p) + "/")
+        else:
+            yield _local_info(p)

@@ -1,0 +1,110 @@
+"""boto3 clients and the one translation of botocore errors into the project's error classes.
+
+Every module that talks to S3 goes through :class:`vehicle_core.storage.ObjectStore` (or, for model
+artifacts, :func:`vehicle_core.storage.resolve_local`); both build their clients here and read
+botocore's failures with :func:`storage_error`, so "missing", "refused" and "try again" mean the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from vehicle_core.config import StorageSettings
+from vehicle_core.errors import (
+    AccessDeniedError,
+    SourceNotFoundError,
+    StorageRejectedError,
+    StorageUnavailableError,
+    VehiclePipelineError,
+)
+
+#: Error codes S3 uses for "no such object" (HEAD answers a bare 404 without a body).
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket", "NoSuchVersion"})
+#: 4xx statuses that may pass: conflict, throttling, request timeout. Every other 4xx is permanent.
+RETRIABLE_4XX = frozenset({408, 409, 429})
+THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                              "TooManyRequests", "RequestTimeout", "RequestTimeTooSkewed"})
+
+
+def _config(storage: StorageSettings) -> Config:
+    return Config(
+        retries={"mode": "adaptive", "total_max_attempts": storage.max_attempts},  # attempts, first included
+        connect_timeout=storage.connect_timeout_s,
+        read_timeout=storage.read_timeout_s,
+        max_pool_connections=storage.max_pool_connections,
+    )
+
+
+def _client(service: str, storage: StorageSettings):
+    # endpoint_url=None lets boto3 pick AWS_ENDPOINT_URL_<SERVICE> / AWS_ENDPOINT_URL / AWS itself.
+    session = boto3.session.Session()
+    region = session.region_name or storage.region
+    return session.client(service, endpoint_url=storage.endpoint_url or None, region_name=region,
+                          config=_config(storage))
+
+
+def s3_client(storage: StorageSettings):
+    """A boto3 S3 client: standard credential chain, endpoint from settings or AWS_ENDPOINT_URL[_S3],
+    adaptive retries (``storage.max_attempts``) and the configured connect/read timeouts."""
+    return _client("s3", storage)
+
+
+def sqs_client(storage: StorageSettings):
+    """A boto3 SQS client configured like :func:`s3_client`."""
+    return _client("sqs", storage)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into ``(bucket, key)``; ValueError for anything else."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI without a bucket: {uri!r}")
+    return bucket, key
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """``s3://bucket/key`` (the key verbatim: no quoting, so every key round-trips)."""
+    return f"s3://{bucket}/{key}"
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """S3 events give ETags bare, HEAD/GET/LIST in double quotes: compare and store them bare."""
+    if etag is None:
+        return None
+    return etag.strip().strip('"') or None
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def storage_error(exc: Exception, action: str, uri: str) -> VehiclePipelineError:
+    """The project's error for a botocore failure of ``action`` on ``uri``.
+
+    404 family -> SourceNotFoundError; 403 -> AccessDeniedError; other 4xx but 408/409/429 ->
+    StorageRejectedError (permanent: bad key, missing bucket permissions...); throttling, 5xx and
+    connection failures left after botocore's own retries -> StorageUnavailableError (retried).
+    """
+    if isinstance(exc, ClientError):
+        code, status = error_code(exc), http_status(exc)
+        where = f"{action} {uri}"
+        if code in NOT_FOUND_CODES or status == 404:
+            return SourceNotFoundError(f"{uri} does not exist ({code or status})")
+        if code in THROTTLING_CODES or status is None or status >= 500 or status in RETRIABLE_4XX:
+            return StorageUnavailableError(f"{where} failed: {code or status} (retried by botocore first)")
+        if status == 403:
+            return AccessDeniedError(f"{where} was refused ({code}): check the IAM policy of this process "
+                                     "(docs/iam.md) and the bucket policy")
+        return StorageRejectedError(f"{where} was rejected by S3: {code} ({status})")
+    if isinstance(exc, BotoCoreError):
+        return StorageUnavailableError(f"{action} {uri} failed: {exc}")
+    raise TypeError(f"not a botocore error: {exc!r}")

@@ -1,0 +1,39 @@
+"""Per-process holders of the heavy objects: built on first use inside a pool process, then reused.
+
+Nothing here loads at import time (see :class:`vehicle_core.lazy.Lazy`); each holder is built once per
+process and never per task.
+"""
+
+from __future__ import annotations
+
+from vehicle_core.config import Settings
+from vehicle_core.lazy import Lazy
+
+
+class Holders:
+    """The object store and the two pipeline stages of one worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Lazy("object store (S3 client)", self._store)
+        self.detect = Lazy("detector (DetectStage)", self._detect)
+        self.classify = Lazy("classifier (ClassifyStage)", self._classify)
+
+    def _store(self):
+        from vehicle_core.storage import ObjectStore
+
+        return ObjectStore(self.settings.storage)
+
+    def _detect(self):
+        from vehicle_core.pipeline import DetectStage
+
+        return DetectStage.from_settings(self.settings)
+
+    def _classify(self):
+        from vehicle_core.pipeline import ClassifyStage
+
+        return ClassifyStage.from_settings(self.settings)
+
+    def reset(self) -> None:
+        for holder in (self.store, self.detect, self.classify):
+            holder.reset()
