@@ -86,6 +86,12 @@ class StorageUnavailableError(TransientError):
     code = "storage_unavailable"
 
 
+class StorageAccessError(VehiclePipelineError):
+    """S3 refused us, or we have no credentials to ask it: an operator's problem, never retried."""
+
+    code = "storage_access"
+
+
 #: Codes a result document may carry in ``error.code``; docs/result.schema.json lists the same.
 ERROR_CODES = (
     EmptyImageError.code,
