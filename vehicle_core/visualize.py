@@ -57,7 +57,7 @@ def draw_result(image: np.ndarray, document: dict[str, Any],
         if mask is not None:
             _outline(out, mask, colour, scale)
         x1, y1, x2, y2 = (int(round(v)) for v in vehicle["box"])
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, round(2 * scale)), cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, round(2 * scale)), cv2.LINE_8)
     # Tags after every box, so that no box is drawn over another vehicle's text.
     for vehicle in vehicles:
         x1, y1, _, _ = (int(round(v)) for v in vehicle["box"])
@@ -148,7 +148,7 @@ def _outline(out: np.ndarray, mask: np.ndarray, colour, scale: float) -> None:
     if binary.shape != out.shape[:2]:
         return  # a mask of another image: drawing it would mislead
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, colour, max(1, round(1.5 * scale)), cv2.LINE_AA)
+    cv2.drawContours(out, contours, -1, colour, max(1, round(1.5 * scale)), cv2.LINE_8)
 
 
 def _tag(out: np.ndarray, text: str, corner: tuple[int, int], colour, scale: float, below: bool = False) -> None:
