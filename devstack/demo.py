@@ -278,9 +278,15 @@ def print_table(rows: list[tuple[str, str | None]], results: dict[str, dict]) ->
 
 def write_demo_gallery(uploads: list[tuple[str, bytes, str | None]], results: dict[str, dict], out: Path,
                        origin: str) -> Path:
-    """The results gallery (HTML, annotated thumbnails inline) of the demo's uploads; returns its path."""
+    """The results gallery (HTML, annotated thumbnails inline) of the demo's uploads; returns its path.
+
+    The uploaded files land next to it (``incoming/``), to try ``vehicle-classify --draw`` on."""
     from vehicle_core.gallery import gallery_item, write_gallery
 
+    for key, data, _ in uploads:
+        path = out.parent / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     items = [gallery_item(results[key], data) for key, data, _ in uploads if key in results]
     return write_gallery(items, out, title="vehicle-demo results", origin=origin).resolve()
 
