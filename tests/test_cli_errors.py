@@ -142,3 +142,10 @@ def test_classify_bad_uri_is_a_usage_error(capsys):
 
     status, line = run(main, ["s3://"], capsys)
     assert status == 2 and "s3 URI without a bucket" in line
+
+
+def test_producer_unreachable_broker_is_one_line_with_status_1(aws_env, s3, bucket, monkeypatch, capsys):
+    s3.put_object(Bucket=bucket, Key="p/a.jpg", Body=b"x")
+    monkeypatch.setenv("VP_BROKER__URL", f"redis://127.0.0.1:{free_port()}/0")
+    status, line = run(producer_main, ["backfill", f"s3://{bucket}/p/", "--no-progress"], capsys)
+    assert status == 1 and "cannot reach the broker" in line and "VP_BROKER__URL" in line

@@ -89,3 +89,5 @@ def report(prog: str, exc: BaseException) -> int:
 def configure_logging(level: str) -> None:
     """``logging.basicConfig`` with the project's format at ``level`` (a name from :func:`log_level`)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":  # botocore's INFO lines (where it found credentials, endpoints) are noise here
+        logging.getLogger("botocore").setLevel(logging.WARNING)

@@ -71,6 +71,14 @@ def _guard(pages, what: str):
         raise translate_boto_error(exc, what) from exc
 
 
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a request URL: the endpoint, without the request's path and query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url or "the S3 endpoint"
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -89,8 +97,8 @@ def _translated(exc: Exception, what: str):
         return StorageAccessError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
                                   "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
     if isinstance(exc, EndpointConnectionError):
-        return StorageUnavailableError(f"{what}: cannot reach {exc.kwargs.get('endpoint_url')}; is the server "
-                                       "up? check storage.endpoint_url / AWS_ENDPOINT_URL")
+        return StorageUnavailableError(f"{what}: cannot reach {_origin(exc.kwargs.get('endpoint_url', ''))}; is the "
+                                       "server up? check storage.endpoint_url / AWS_ENDPOINT_URL")
     if isinstance(exc, ClientError):
         if _code(exc) == "NoSuchBucket":
             return ConfigError(f"{what}: no such bucket; check the s3:// URI")
