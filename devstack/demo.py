@@ -379,10 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_demo(args)
     except (DeadlineExceeded, RuntimeError) as exc:  # a server that would not start, a process that died
-        print(f"vehicle-demo: {exc}", file=sys.stderr)
+        print(f"vehicle-demo: {_one_line(str(exc), args.log_dir)}", file=sys.stderr)
         return 1
     except Exception as exc:  # known failures become one line; report() re-raises the rest (bugs)
         return report("vehicle-demo", exc)
+
+
+def _one_line(message: str, log_dir: str) -> str:
+    """A dead process's message is its name plus its log's tail: keep the line that says why."""
+    first, *tail = message.splitlines()
+    if not tail:
+        return message
+    errors = [line.strip() for line in tail if "rror" in line] or [line.strip() for line in tail if line.strip()]
+    why = errors[-1] if errors else "no output"
+    hint = "; another program holds the port: pass --flower-port" if "Address already in use" in why else ""
+    return f"{first.rstrip(':')}: {why}{hint} (logs: {log_dir})"
 
 
 DESCRIPTION = """\

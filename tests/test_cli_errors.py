@@ -149,3 +149,12 @@ def test_producer_unreachable_broker_is_one_line_with_status_1(aws_env, s3, buck
     monkeypatch.setenv("VP_BROKER__URL", f"redis://127.0.0.1:{free_port()}/0")
     status, line = run(producer_main, ["backfill", f"s3://{bucket}/p/", "--no-progress"], capsys)
     assert status == 1 and "cannot reach the broker" in line and "VP_BROKER__URL" in line
+
+
+def test_demo_process_that_died_is_one_line_with_the_reason():
+    from devstack.demo import _one_line
+
+    message = "flower exited with 1:\nTraceback (most recent call last):\n  File x\nOSError: [Errno 98] Address already in use\n[I] shutting down"
+    line = _one_line(message, "/tmp/logs")
+    assert line == ("flower exited with 1: OSError: [Errno 98] Address already in use; another program holds the "
+                    "port: pass --flower-port (logs: /tmp/logs)")

@@ -57,7 +57,7 @@ def draw_result(image: np.ndarray, document: dict[str, Any],
         if mask is not None:
             _outline(out, mask, colour, scale)
         x1, y1, x2, y2 = (int(round(v)) for v in vehicle["box"])
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, round(2 * scale)), cv2.LINE_8)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(2, round(2 * scale)), cv2.LINE_8)
     # Tags after every box, so that no box is drawn over another vehicle's text.
     for vehicle in vehicles:
         x1, y1, _, _ = (int(round(v)) for v in vehicle["box"])
