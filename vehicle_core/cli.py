@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ def _read(target: str, settings) -> tuple[bytes, SourceRef]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    # Fewer of TensorFlow's C++ INFO lines around the results and errors (absl's start-up lines remain).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if args.log_level != "DEBUG" else "0")
     try:
         settings = load_settings(args.config)
         if args.settings:

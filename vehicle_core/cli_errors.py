@@ -44,7 +44,7 @@ def s3_uri(text: str) -> tuple[str, str]:
     try:
         return parse_s3_uri(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; write it as s3://bucket/prefix") from None
+        raise argparse.ArgumentTypeError(f"{exc}; write it as s3://bucket/path") from None
 
 
 def explain(exc: BaseException) -> VehiclePipelineError | None:
