@@ -15,7 +15,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## Start Redis, an S3+SQS server, Flower, the producer and both workers on loopback; upload synthetic
-## images; print their results. Pass flags with ARGS, e.g. `make demo ARGS=--stay-up`.
+## images; print their results and the path of their gallery (demo-out/gallery.html). Pass flags
+## with ARGS, e.g. `make demo ARGS=--stay-up` (which also prints the S3 endpoint and credentials).
 demo: $(BIN)/.installed
 	$(BIN)/vehicle-demo $(ARGS)
 

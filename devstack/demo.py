@@ -6,7 +6,8 @@
 It starts redis-server and moto's server on free loopback ports, wires the bucket's notifications to
 an SQS queue (with a dead-letter queue), starts Flower (basic auth), the producer and one worker per
 queue (concurrency 1 each), uploads synthetic images plus a few corrupt files through boto3, waits for
-every result and prints them with the accuracy. ``--stay-up`` keeps everything running until Ctrl-C.
+every result, prints them with the accuracy and writes a gallery page of them. ``--stay-up`` keeps
+everything running until Ctrl-C and prints the S3 endpoint and credentials for uploads of your own.
 
 The process helpers here (:func:`start_process`, :func:`stop_process`, :func:`wait_until`, the
 command lines) are shared with the integration tests, so the demo and the tests run the same stack.
@@ -275,6 +276,35 @@ def print_table(rows: list[tuple[str, str | None]], results: dict[str, dict]) ->
     return accuracy
 
 
+def write_demo_gallery(uploads: list[tuple[str, bytes, str | None]], results: dict[str, dict], out: Path,
+                       origin: str) -> Path:
+    """The results gallery (HTML, annotated thumbnails inline) of the demo's uploads; returns its path.
+
+    The uploaded files land next to it (``incoming/``), to try ``vehicle-classify --draw`` on."""
+    from vehicle_core.gallery import gallery_item, write_gallery
+
+    for key, data, _ in uploads:
+        path = out.parent / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    items = [gallery_item(results[key], data) for key, data, _ in uploads if key in results]
+    return write_gallery(items, out, title="vehicle-demo results", origin=origin).resolve()
+
+
+def print_upload_help(stack: Stack, aws: dict[str, str]) -> None:
+    """What a user needs to send the running demo an image of their own, and to read its result."""
+    endpoint = aws["AWS_ENDPOINT_URL"]
+    print(f"""
+S3 endpoint: {endpoint}   bucket: {stack.bucket}   region: {aws.get("AWS_DEFAULT_REGION", "us-east-1")}
+credentials: AWS_ACCESS_KEY_ID={aws["AWS_ACCESS_KEY_ID"]} AWS_SECRET_ACCESS_KEY={aws["AWS_SECRET_ACCESS_KEY"]}
+Upload an image of your own (in another terminal), then read its result a few seconds later:
+  export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID={aws["AWS_ACCESS_KEY_ID"]} \\
+         AWS_SECRET_ACCESS_KEY={aws["AWS_SECRET_ACCESS_KEY"]} AWS_DEFAULT_REGION={aws.get("AWS_DEFAULT_REGION", "us-east-1")}
+  aws s3 cp photo.jpg s3://{stack.bucket}/incoming/photo.jpg
+  aws s3 cp s3://{stack.bucket}/results/incoming/photo.jpg.json -
+  vehicle-results gallery s3://{stack.bucket}/results/ --out my-gallery.html""")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from devstack.servers import aws_env, moto_server, redis_server
     from training.quickstart import ensure_demo_classifier
@@ -310,7 +340,11 @@ def run_demo(args: argparse.Namespace) -> int:
             wait_until(all_done, timeout=args.timeout, what="every result", interval=0.5,
                        progress=lambda: f"{len(done)}/{len(keys)} results")
             print_table([(k, expected) for k, _, expected in uploads], done)
+            gallery = write_demo_gallery(uploads, done, Path(args.gallery), origin=f"s3://{stack.bucket}/results/")
             print(f"\nFlower: {stack.flower_url}   logs: {log_dir}   took {time.monotonic() - started:.0f}s")
+            if args.stay_up:
+                print_upload_help(stack, aws)
+            print(f"gallery: {gallery}")
             if args.stay_up:
                 _stay_up()
         finally:
@@ -338,23 +372,73 @@ def _endpoint(server: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vehicle-demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=24, help="synthetic images to upload (plus 2 corrupt files)")
+    from vehicle_core.cli_errors import configure_logging, report
+
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return run_demo(args)
+    except (DeadlineExceeded, RuntimeError) as exc:  # a server that would not start, a process that died
+        print(f"vehicle-demo: {_one_line(str(exc), args.log_dir)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # known failures become one line; report() re-raises the rest (bugs)
+        return report("vehicle-demo", exc)
+
+
+def _one_line(message: str, log_dir: str) -> str:
+    """A dead process's message is its name plus its log's tail: keep the line that says why."""
+    first, *tail = message.splitlines()
+    if not tail:
+        return message
+    errors = [line.strip() for line in tail if "rror" in line] or [line.strip() for line in tail if line.strip()]
+    why = errors[-1] if errors else "no output"
+    hint = "; another program holds the port: pass --flower-port" if "Address already in use" in why else ""
+    return f"{first.rstrip(':')}: {why}{hint} (logs: {log_dir})"
+
+
+DESCRIPTION = """\
+Run the whole streaming system on loopback (no cloud account, no Docker), push synthetic images
+through it, print their results and write a gallery page of them:
+
+  S3 (moto) --event--> SQS --> vehicle-producer listen --> Redis --> detect worker --> classify worker
+                                                                   --> results/ in S3 --> gallery.html
+
+It starts redis-server and moto's S3+SQS server on free loopback ports, Flower (basic auth), the
+producer and one worker per queue; uploads synthetic scenes plus two corrupt files; waits for every
+result. With --stay-up everything keeps running until Ctrl-C, and the S3 endpoint and credentials
+are printed so that you can upload images of your own."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from vehicle_core.cli_errors import OneLineParser, log_level
+
+    parser = OneLineParser(prog="vehicle-demo", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=_count, default=24, help="synthetic images to upload (plus 2 corrupt files)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--flower-port", type=int, help="Flower's port (default: flower.port, 5555)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every result")
     parser.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-demo-logs"),
                         help="where each process writes its log")
-    parser.add_argument("--classifier", help="classifier artifact to serve instead of the cached demo one")
+    parser.add_argument("--gallery", default="demo-out/gallery.html",
+                        help="where to write the results gallery (default: demo-out/gallery.html)")
+    parser.add_argument("--classifier", type=_existing, help="classifier artifact to serve instead of the cached demo one")
     parser.add_argument("--stay-up", action="store_true", help="keep everything running until Ctrl-C")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        return run_demo(args)
-    except DeadlineExceeded as exc:
-        print(f"vehicle-demo: {exc}", file=sys.stderr)
-        return 1
+    parser.add_argument("--log-level", type=log_level, default="INFO", help="debug, info (default), warning, error")
+    return parser
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return int(text)
+
+
+def _existing(text: str) -> str:
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory; pass a classifier artifact "
+                                         "(a directory with manifest.json, or a .tar.gz)")
+    return text
 
 
 if __name__ == "__main__":

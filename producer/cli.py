@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import sys
 
+from vehicle_core.cli_errors import OneLineParser, configure_logging, log_level, report, s3_uri
 from vehicle_core.config import load_settings
-from vehicle_core.errors import VehiclePipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         settings = load_settings(args.config)
         return args.func(args, settings)
-    except VehiclePipelineError as exc:
-        print(f"vehicle-producer: {exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # known failures become one line; report() re-raises the rest (bugs)
+        broker = _broker_unreachable(exc)
+        if broker:
+            print(f"vehicle-producer: {broker}", file=sys.stderr)
+            return 1
+        return report("vehicle-producer", exc)
+
+
+def _broker_unreachable(exc: BaseException) -> str | None:
+    """A message when ``exc`` says the broker (Redis) could not be reached, else None."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+    except ImportError:  # another broker transport
+        RedisConnectionError = OperationalError  # noqa: N806
+    if isinstance(exc, OperationalError | RedisConnectionError):
+        return (f"cannot reach the broker ({exc}): is Redis up? check broker.url (VP_BROKER__URL), "
+                "or pass --dry-run to only list")
+    return None
 
 
 def _listen(args, settings) -> int:
@@ -49,10 +65,10 @@ def _backfill(args, settings) -> int:
     from producer.backfill import BackfillOptions, run_backfill
     from producer.events import KeyFilter
     from producer.queue_depth import depth_probe
-    from vehicle_core.storage import ObjectStore, parse_s3_uri
+    from vehicle_core.storage import ObjectStore
     from workers.messages import sender_app
 
-    bucket, prefix = parse_s3_uri(args.uri)
+    bucket, prefix = args.uri
     producer = settings.producer
     keys = KeyFilter.from_settings(producer, settings.results)
     if args.suffix:
@@ -71,20 +87,23 @@ def _backfill(args, settings) -> int:
 
 
 def _since(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text)
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}; e.g. 2026-01-01 or 2026-01-01T08:00") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vehicle-producer", description=__doc__)
+    parser = OneLineParser(prog="vehicle-producer", description=__doc__)
     parser.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the defaults)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=log_level, default="INFO", help="debug, info (default), warning, error")
     sub = parser.add_subparsers(required=True)
     listen = sub.add_parser("listen", help="long-poll SQS for S3 events and enqueue their images")
     listen.add_argument("--queue-url", help="SQS queue URL (default: producer.queue_url)")
     listen.set_defaults(func=_listen)
     back = sub.add_parser("backfill", help="enqueue images already in s3://bucket/prefix")
-    back.add_argument("uri", help="s3://bucket/prefix")
+    back.add_argument("uri", type=s3_uri, help="s3://bucket/prefix")
     back.add_argument("--suffix", action="append", help="only keys ending with this (repeatable); default: image suffixes")
     back.add_argument("--modified-since", type=_since, help="only objects modified at or after this ISO time (UTC)")
     back.add_argument("--skip-done", action="store_true", help="skip keys whose result describes the current ETag")

@@ -23,7 +23,7 @@ from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.images import decode_image
 from vehicle_core.messages import CropSet
-from vehicle_core.results import STATUS_ERROR, ImageResult, SourceRef, VehicleResult
+from vehicle_core.results import STATUS_ERROR, Detection, ImageResult, SourceRef, VehicleResult
 
 
 class DetectStage:
@@ -125,12 +125,19 @@ class VehiclePipeline:
         return self.process_many([(data, source or SourceRef(bucket="local", key="image"))])[0]
 
     def process_many(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[ImageResult]:
+        return [result for result, _ in self.process_with_detections(items)]
+
+    def process_with_detections(self, items: Sequence[tuple[bytes, SourceRef]]
+                                ) -> list[tuple[ImageResult, list[Detection]]]:
+        """Like :meth:`process_many`, each result with the detections behind its vehicles (same order),
+        masks included where the detector gives them: what drawing needs and a document does not keep."""
         t0 = time.perf_counter()
-        results = self.classify_stage.run(self.detect_stage.run(items))
+        crop_sets = self.detect_stage.run(items)
+        results = self.classify_stage.run(crop_sets)
         total = _ms_since(t0) / max(1, len(items))
         for r in results:
             r.timings_ms["total"] = total
-        return results
+        return [(r, cs.detections) for r, cs in zip(results, crop_sets, strict=True)]
 
 
 def _ms_since(t0: float) -> float:

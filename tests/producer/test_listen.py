@@ -111,4 +111,5 @@ def test_listen_command_exits_0_on_sigterm(tmp_path: Path, aws_env, sqs, queue, 
 def test_listen_without_a_queue_url_fails_with_a_config_error(redis_server):
     out = subprocess.run([sys.executable, "-m", "producer.cli", "listen"], capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "VP_BROKER__URL": redis_url(redis_server)})
-    assert out.returncode == 2 and "config:" in out.stderr
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "vehicle-producer: no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import (
@@ -27,6 +33,11 @@ NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket", "No
 RETRIABLE_4XX = frozenset({408, 409, 429})
 THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                               "TooManyRequests", "RequestTimeout", "RequestTimeTooSkewed"})
+
+
+#: Refusals S3 may send with a 400 as well as a 403 (bad or expired credentials).
+REFUSED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                           "InvalidToken"})
 
 
 def _config(storage: StorageSettings) -> Config:
@@ -97,14 +108,30 @@ def storage_error(exc: Exception, action: str, uri: str) -> VehiclePipelineError
     if isinstance(exc, ClientError):
         code, status = error_code(exc), http_status(exc)
         where = f"{action} {uri}"
+        if code == "NoSuchBucket":
+            return SourceNotFoundError(f"{uri}: no such bucket; check the s3:// URI")
         if code in NOT_FOUND_CODES or status == 404:
             return SourceNotFoundError(f"{uri} does not exist ({code or status})")
         if code in THROTTLING_CODES or status is None or status >= 500 or status in RETRIABLE_4XX:
             return StorageUnavailableError(f"{where} failed: {code or status} (retried by botocore first)")
-        if status == 403:
+        if status == 403 or code in REFUSED_CODES:
             return AccessDeniedError(f"{where} was refused ({code}): check the IAM policy of this process "
                                      "(docs/iam.md) and the bucket policy")
         return StorageRejectedError(f"{where} was rejected by S3: {code} ({status})")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return StorageUnavailableError(f"{action} {uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                                       "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+    if isinstance(exc, EndpointConnectionError):
+        return StorageUnavailableError(f"{action} {uri}: cannot reach {_origin(exc.kwargs.get('endpoint_url', ''))}; "
+                                       "is the server up? check storage.endpoint_url / AWS_ENDPOINT_URL")
     if isinstance(exc, BotoCoreError):
         return StorageUnavailableError(f"{action} {uri} failed: {exc}")
     raise TypeError(f"not a botocore error: {exc!r}")
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a request URL: the endpoint, without the request's path and query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url or "the S3 endpoint"

@@ -1,0 +1,92 @@
+"""What every command line of the project shares to fail politely: one line, what is wrong and what to do.
+
+Exit status 2 for a usage problem (bad arguments, settings, a model that cannot be loaded), 1 for a
+runtime one (S3 unreachable, credentials missing or refused, a server that would not start).
+
+    parser = OneLineParser(prog="vehicle-results", ...)       # argparse errors: one line, status 2
+    parser.add_argument("--log-level", type=log_level)      # info, INFO, Debug ... all accepted
+    except Exception as exc: return report("vehicle-results", exc)   # known failures: one line
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from vehicle_core.errors import ConfigError, ModelLoadError, SourceNotFoundError, VehiclePipelineError
+
+USAGE = 2
+RUNTIME = 1
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def log_level(text: str) -> str:
+    """argparse ``type=`` for ``--log-level``: any case of a logging level name."""
+    name = text.strip().upper()
+    if name not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}; use one of {', '.join(LOG_LEVELS).lower()}")
+    return name
+
+
+def s3_uri(text: str) -> tuple[str, str]:
+    """argparse ``type=`` for an ``s3://bucket/prefix`` argument: ``(bucket, prefix)``."""
+    from vehicle_core.storage import parse_s3_uri
+
+    try:
+        return parse_s3_uri(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; write it as s3://bucket/path") from None
+
+
+def explain(exc: BaseException) -> VehiclePipelineError | None:
+    """The project error a failure stands for, with advice; None when it is not one we know (a bug)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from vehicle_core.storage import storage_error
+
+    for cause in _chain(exc):
+        if isinstance(cause, VehiclePipelineError):
+            return cause
+    for cause in _chain(exc):
+        if isinstance(cause, BotoCoreError | ClientError):
+            return storage_error(cause, "S3", "request")
+    return None
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def exit_status(error: VehiclePipelineError) -> int:
+    """2 for what the user must change in the command or settings (a bucket or key that does not
+    exist included), 1 for what went wrong at run time."""
+    return USAGE if isinstance(error, ConfigError | ModelLoadError | SourceNotFoundError) else RUNTIME
+
+
+def report(prog: str, exc: BaseException) -> int:
+    """Print one line for a known failure and return its exit status; re-raise an unknown one (a bug)."""
+    error = explain(exc)
+    if error is None:
+        raise exc
+    print(f"{prog}: {error.message}", file=sys.stderr)
+    return exit_status(error)
+
+
+def configure_logging(level: str) -> None:
+    """``logging.basicConfig`` with the project's format at ``level`` (a name from :func:`log_level`)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":  # botocore's INFO lines (where it found credentials, endpoints) are noise here
+        logging.getLogger("botocore").setLevel(logging.WARNING)
