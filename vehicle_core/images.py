@@ -1,16 +1,24 @@
-"""Image bytes → upright RGB uint8 array, refusing bad input with typed errors before decoding pixels.
+"""Image bytes → upright RGB uint8 array, refusing bad input with typed errors before it costs memory.
 
-Checks run cheapest first: empty, byte size, format by magic bytes, pixel count from the header
-(PIL's lazy ``Image.open`` reads only the header, so a decompression bomb is never decoded), then
-OpenCV decodes. Alpha is composited on white (a transparent background reads as blank paper, not
-as black pixels a detector might see as shapes). EXIF orientation is applied by OpenCV's
-IMREAD_COLOR path; the 16-bit/alpha path (IMREAD_UNCHANGED) does not apply it, so we do it ourselves.
+Checks run cheapest first: empty, byte size, format by magic bytes, the container's structure (every
+PNG/WebP chunk, TIFF strip and BMP pixel array must fit in the bytes present: a 105-byte PNG whose
+chunk claims 4 GB never reaches the decoder), pixel count and aspect ratio from the header (PIL's
+lazy ``Image.open`` reads only the header), then the bytes decoding will take (width x height x
+channels x bytes per sample, from the header) against ``images.max_decode_bytes``. Only then does
+OpenCV decode. A JPEG larger than the detector needs is decoded at 1/2, 1/4 or 1/8 scale directly
+(libjpeg's DCT scaling), so a 40-megapixel photo never exists at full size in a detect process.
+
+Alpha is composited on white (a transparent background reads as blank paper, not as black pixels a
+detector might see as shapes). EXIF orientation is applied by OpenCV's IMREAD_COLOR path; the
+16-bit/alpha path (IMREAD_UNCHANGED) does not apply it, so we do it ourselves.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -18,6 +26,7 @@ from PIL import Image, ImageOps
 
 from vehicle_core.config import ImageSettings
 from vehicle_core.errors import (
+    AspectRatioError,
     EmptyImageError,
     ImageTooLargeError,
     UndecodableImageError,
@@ -55,12 +64,33 @@ def image_size_from_header(data: bytes) -> tuple[int, int]:
         raise UndecodableImageError(f"cannot read the image header: {exc}") from exc
 
 
-def decode_image(data: bytes, settings: ImageSettings) -> np.ndarray:
-    """Decode ``data`` into an upright RGB uint8 array (H x W x 3).
+@dataclass(frozen=True)
+class Decoded:
+    """Pixels ready for a model, and the size of the upright image they were decoded from."""
 
-    EmptyImageError, ImageTooLargeError (bytes or header pixels above the limits),
-    UnsupportedFormatError (not JPEG/PNG/WebP/BMP/TIFF), UndecodableImageError (truncated, corrupt).
+    pixels: np.ndarray  # upright RGB uint8, H x W x 3; smaller than the original when downscaled
+    original_size: tuple[int, int]  # (width, height) of the upright image
+
+    @property
+    def scale(self) -> float:
+        """Original pixels per decoded pixel (1.0 unless downscaled): boxes found on ``pixels`` times
+        this are boxes in the original image."""
+        return self.original_size[0] / self.pixels.shape[1]
+
+
+def decode_image(data: bytes, settings: ImageSettings) -> np.ndarray:
+    """Decode ``data`` into an upright RGB uint8 array (H x W x 3) at full resolution.
+
+    EmptyImageError, ImageTooLargeError (bytes, header pixels or decoding bytes above the limits),
+    AspectRatioError, UnsupportedFormatError (not JPEG/PNG/WebP/BMP/TIFF), UndecodableImageError
+    (truncated, corrupt, or a container whose parts claim more bytes than it has).
     """
+    return decode(data, settings).pixels
+
+
+def decode(data: bytes, settings: ImageSettings, *, max_side: int | None = None) -> Decoded:
+    """Like :func:`decode_image`; with ``max_side``, images whose longer side exceeds it come back
+    downscaled to it (JPEGs decoded at reduced scale), with the original size to map boxes back."""
     if not data:
         raise EmptyImageError("the image has no bytes")
     if len(data) > settings.max_bytes:
@@ -68,22 +98,153 @@ def decode_image(data: bytes, settings: ImageSettings) -> np.ndarray:
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedFormatError(f"not a supported image format (accepted: {', '.join(SUPPORTED_FORMATS)})")
-    width, height = image_size_from_header(bytes(data))
-    if width * height > settings.max_pixels:
-        raise ImageTooLargeError(f"the image is {width}x{height} pixels, above the limit of {settings.max_pixels}")
+    data = bytes(data)
+    check_container(data, fmt)
+    width, height = image_size_from_header(data)
     if width <= 0 or height <= 0:
         raise UndecodableImageError(f"the header declares an empty {width}x{height} image")
+    if width * height > settings.max_pixels:
+        raise ImageTooLargeError(f"the image is {width}x{height} pixels, above the limit of {settings.max_pixels}")
+    if max(width, height) > settings.max_aspect_ratio * min(width, height):
+        raise AspectRatioError(f"the image is {width}x{height}: more than {settings.max_aspect_ratio:g} times "
+                               "longer than wide")
+    reduce = _jpeg_reduction(fmt, width, height, max_side)
+    needed = _decode_bytes(data, fmt, width, height) // (reduce * reduce)
+    if needed > settings.max_decode_bytes:
+        raise ImageTooLargeError(f"decoding this {width}x{height} image takes about {needed >> 20} MiB, above "
+                                 f"images.max_decode_bytes ({settings.max_decode_bytes >> 20} MiB)")
     # OpenCV pads a truncated JPEG with grey and returns it; PIL refuses it. A JPEG missing its
     # end-of-image marker therefore goes straight to PIL.
     truncated_jpeg = fmt == "jpeg" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-    rgb = _decode_cv(data) if fmt != "tiff" and not truncated_jpeg else None
+    rgb = _decode_cv(data, reduce, jpeg=fmt == "jpeg") if fmt != "tiff" and not truncated_jpeg else None
     if rgb is None:  # OpenCV refused (CMYK variants, odd TIFFs): PIL as a second, full decoder
-        rgb = _decode_pil(data)
-    return np.ascontiguousarray(rgb)
+        rgb = _decode_pil(data, reduce)
+    upright = (width, height) if (rgb.shape[1] >= rgb.shape[0]) == (width >= height) else (height, width)
+    if max_side and max(rgb.shape[:2]) > max_side:
+        factor = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return Decoded(np.ascontiguousarray(rgb), upright)
 
 
-def _decode_cv(data: bytes) -> np.ndarray | None:
+def _jpeg_reduction(fmt: str, width: int, height: int, max_side: int | None) -> int:
+    """1, 2, 4 or 8: the largest DCT scale-down that keeps the longer side at least ``max_side``."""
+    if fmt != "jpeg" or not max_side:
+        return 1
+    reduce = 1
+    while reduce < 8 and max(width, height) // (reduce * 2) >= max_side:
+        reduce *= 2
+    return reduce
+
+
+# -- container structure and decoding cost, read before any pixel is decoded ------------------------
+
+
+def check_container(data: bytes, fmt: str) -> None:
+    """UndecodableImageError when a part of the file claims bytes the file does not have."""
+    checks = {"png": _check_png, "webp": _check_riff, "tiff": _check_tiff, "bmp": _check_bmp}
+    if fmt in checks:
+        checks[fmt](data)
+
+
+def _check_png(data: bytes) -> None:
+    pos, first = 8, True
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if first and kind != b"IHDR":
+            raise UndecodableImageError("PNG does not start with its IHDR chunk")
+        if pos + 12 + length > len(data):
+            raise UndecodableImageError(f"PNG chunk {kind.decode('latin-1')!r} declares {length} bytes; "
+                                        f"only {len(data) - pos - 12} remain")
+        if kind == b"IEND":
+            return
+        pos, first = pos + 12 + length, False
+    if first:
+        raise UndecodableImageError("PNG has no chunks")
+
+
+def _check_riff(data: bytes) -> None:
+    size = struct.unpack("<I", data[4:8])[0]
+    if size + 8 > len(data) + 1:  # RIFF pads odd sizes with one byte
+        raise UndecodableImageError(f"WebP (RIFF) declares {size + 8} bytes; the file has {len(data)}")
+    pos = 12
+    while pos + 8 <= min(len(data), size + 8):
+        length = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if pos + 8 + length > len(data):
+            raise UndecodableImageError(f"WebP chunk {data[pos:pos + 4]!r} declares {length} bytes; "
+                                        f"only {len(data) - pos - 8} remain")
+        pos += 8 + length + (length & 1)
+
+
+def _check_tiff(data: bytes) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                tags = dict(img.tag_v2)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad headers
+        raise UndecodableImageError(f"cannot read the TIFF header: {exc}") from exc
+    for offsets_tag, counts_tag in ((273, 279), (324, 325)):  # strips, tiles
+        offsets, counts = _as_tuple(tags.get(offsets_tag)), _as_tuple(tags.get(counts_tag))
+        for offset, count in zip(offsets, counts, strict=False):
+            if offset + count > len(data):
+                raise UndecodableImageError(f"TIFF data at {offset} + {count} bytes lies past the file's "
+                                            f"{len(data)} bytes")
+
+
+def _as_tuple(value) -> tuple:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
+
+
+def _check_bmp(data: bytes) -> None:
+    if len(data) < 34:
+        raise UndecodableImageError("BMP header is truncated")
+    offset = struct.unpack("<I", data[10:14])[0]
+    width, height, _, bits, compression = struct.unpack("<iiHHI", data[18:34])
+    if compression == 0 and bits:  # uncompressed: rows padded to 4 bytes
+        need = ((abs(width) * bits + 31) // 32) * 4 * abs(height)
+        if offset + need > len(data):
+            raise UndecodableImageError(f"BMP pixel array needs {need} bytes at {offset}; the file has {len(data)}")
+
+
+_MODE_BYTES = {"1": 1, "L": 1, "P": 4, "RGB": 3, "RGBA": 4, "CMYK": 4, "LA": 2, "PA": 4, "I;16": 2, "I;16B": 2,
+               "I;16L": 2, "I": 4, "F": 4, "RGBX": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def _decode_bytes(data: bytes, fmt: str, width: int, height: int) -> int:
+    """Bytes the decoder's output and our conversion to 8-bit RGB take together (an estimate from the
+    header: OpenCV's raw array, channels x bytes per sample, plus the RGB copy)."""
+    per_pixel = 4  # unknown: assume RGBA
+    if fmt == "png":
+        depth, color = data[24], data[25]
+        per_pixel = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(color, 4) * (2 if depth == 16 else 1)
+    elif fmt == "jpeg":
+        per_pixel = 3
+    else:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                per_pixel = _MODE_BYTES.get(img.mode, 4)
+                bits = img.tag_v2.get(258) if fmt == "tiff" else None
+                if bits and max(_as_tuple(bits)) > 8:
+                    per_pixel *= 2
+        except Exception:  # noqa: BLE001 - the header was read once already; keep the estimate
+            pass
+    return width * height * (per_pixel + (3 if per_pixel != 3 else 0))
+
+
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _decode_cv(data: bytes, reduce: int = 1, *, jpeg: bool = False) -> np.ndarray | None:
     buf = np.frombuffer(data, dtype=np.uint8)
+    if jpeg:  # 8-bit, no alpha: one colour decode (EXIF orientation applied), at 1/reduce scale if asked
+        try:
+            bgr = cv2.imdecode(buf, _REDUCED[reduce] if reduce > 1 else cv2.IMREAD_COLOR)
+        except cv2.error:
+            return None
+        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
     try:
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -93,28 +254,39 @@ def _decode_cv(data: bytes) -> np.ndarray | None:
     if raw.ndim == 3 and raw.shape[2] == 4 or raw.dtype != np.uint8:
         # Alpha or 16-bit: IMREAD_UNCHANGED keeps them but ignores EXIF orientation.
         bgr = _to_bgr8(raw)
-        return _apply_exif(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), data)
+        del raw
+        return _apply_exif(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr), data)
     try:
         # IMREAD_COLOR applies EXIF orientation itself (and expands gray/palette to 3 channels).
+        del raw  # the colour decode below must not double the peak
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error:
         return None
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
 
 
 def _to_bgr8(raw: np.ndarray) -> np.ndarray:
     img = raw
     if img.dtype == np.uint16:
-        img = (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+        img = cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)  # straight to uint8: no wide temporary
     elif img.dtype != np.uint8:
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        over_white = img[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        return np.clip(over_white + 0.5, 0, 255).astype(np.uint8)
-    return img[:, :, :3]
+        return _over_white(img)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def _over_white(bgra: np.ndarray, rows: int = 256) -> np.ndarray:
+    """Alpha-composite on white, a band of rows at a time: float temporaries stay a few MB."""
+    out = np.empty(bgra.shape[:2] + (3,), np.uint8)
+    for top in range(0, bgra.shape[0], rows):
+        band = bgra[top : top + rows]
+        alpha = band[:, :, 3:4].astype(np.float32) / 255.0
+        blended = band[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        out[top : top + rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _apply_exif(rgb: np.ndarray, data: bytes) -> np.ndarray:
@@ -131,11 +303,13 @@ def _apply_exif(rgb: np.ndarray, data: bytes) -> np.ndarray:
     return rgb
 
 
-def _decode_pil(data: bytes) -> np.ndarray:
+def _decode_pil(data: bytes, reduce: int = 1) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
+                if reduce > 1 and img.format == "JPEG":  # the same DCT scaling as OpenCV's reduced modes
+                    img.draft("RGB", (img.width // reduce, img.height // reduce))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

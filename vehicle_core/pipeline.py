@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-import numpy as np
+from dataclasses import replace
 
 from vehicle_core.config import CropSettings, ImageSettings, Settings
 from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
 from vehicle_core.errors import InvalidInputError
-from vehicle_core.images import decode_image
+from vehicle_core.images import Decoded, decode
 from vehicle_core.messages import CropSet
 from vehicle_core.results import STATUS_ERROR, Detection, ImageResult, SourceRef, VehicleResult
 
@@ -46,25 +45,25 @@ class DetectStage:
 
     def run(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[CropSet]:
         out: list[CropSet] = [CropSet(source=src) for _, src in items]
-        decoded: list[tuple[int, np.ndarray]] = []
+        decoded: list[tuple[int, Decoded]] = []
         for i, (data, _) in enumerate(items):
             t0 = time.perf_counter()
             try:
-                pixels = decode_image(data, self.image_settings)
+                image = decode(data, self.image_settings, max_side=self.image_settings.max_side)
             except InvalidInputError as exc:
                 out[i].error = exc.to_dict()
                 continue
             out[i].timings_ms["decode"] = _ms_since(t0)
-            out[i].image_size = (int(pixels.shape[1]), int(pixels.shape[0]))
-            decoded.append((i, pixels))
+            out[i].image_size = image.original_size
+            decoded.append((i, image))
         if decoded:
             t0 = time.perf_counter()
-            detections = self.detector.detect([px for _, px in decoded])
+            detections = self.detector.detect([image.pixels for _, image in decoded])
             per_image_ms = _ms_since(t0) / len(decoded)
-            for (i, pixels), found in zip(decoded, detections, strict=True):
+            for (i, image), found in zip(decoded, detections, strict=True):
                 t1 = time.perf_counter()
-                crops = crop_vehicles(pixels, found, self.crop_settings)
-                out[i].detections = list(found)
+                crops = crop_vehicles(image.pixels, found, self.crop_settings)
+                out[i].detections = [_to_original(d, image.scale) for d in found]
                 out[i].crops = [encode_crop(c, self.crop_settings) for c in crops]
                 out[i].timings_ms["detect"] = per_image_ms
                 out[i].timings_ms["crop"] = _ms_since(t1)
@@ -138,6 +137,14 @@ class VehiclePipeline:
         for r in results:
             r.timings_ms["total"] = total
         return [(r, cs.detections) for r, cs in zip(results, crop_sets, strict=True)]
+
+
+def _to_original(detection: Detection, scale: float) -> Detection:
+    """A detection found on downscaled pixels, in the original image's pixels (masks stay with the
+    decoded pixels they describe, so they are dropped when the two differ)."""
+    if scale == 1.0:
+        return detection
+    return replace(detection, box=tuple(float(v) * scale for v in detection.box), mask=None)
 
 
 def _ms_since(t0: float) -> float:

@@ -6,6 +6,7 @@ import io
 import random
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from vehicle_core.errors import (
     UndecodableImageError,
     UnsupportedFormatError,
 )
-from vehicle_core.images import decode_image, image_size_from_header, sniff_format
+from vehicle_core.images import decode, decode_image, image_size_from_header, sniff_format
 
 SETTINGS = load_settings().images
 W, H = 64, 48
@@ -189,3 +190,42 @@ def test_random_and_truncated_bytes_only_raise_typed_errors():
             assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
             outcomes["ok"] += 1
     assert outcomes["error"] > 0
+
+
+EXPECTED_HOSTILE = {
+    "png IDAT claims 0xFFFFFFFF bytes": "undecodable", "png IDAT claims 0x7FFFFFFF bytes": "undecodable",
+    "png header 50000x50000": "too_large", "png 16-bit RGBA 6320x6320 (bomb)": "too_large",
+    "png strip 4000000x10": "aspect_ratio", "webp RIFF claims 1 GB": "undecodable", "webp truncated": "undecodable",
+    "tiff strip past the end": "undecodable", "bmp pixel array past the end": "undecodable",
+    "jpeg truncated": "undecodable", "zero bytes": "empty", "html named .png": "unsupported_format",
+}
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    from devstack.hostile_images import hostile_images
+
+    return hostile_images()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HOSTILE))
+def test_hostile_inputs_are_refused_with_their_code_before_decoding(hostile, name):
+    with pytest.raises(InvalidInputError) as exc:
+        decode(hostile[name], SETTINGS, max_side=SETTINGS.max_side)
+    assert exc.value.code == EXPECTED_HOSTILE[name]
+
+
+def test_a_35_megapixel_jpeg_is_decoded_at_reduced_scale_for_the_detector(hostile):
+    image = decode(hostile["jpeg 7000x5000 (35 Mpx)"], SETTINGS, max_side=2048)
+    assert image.original_size == (7000, 5000) and max(image.pixels.shape[:2]) == 2048
+    assert image.scale == pytest.approx(7000 / 2048, rel=1e-3)
+
+
+def test_decoding_budget_counts_channels_and_bit_depth():
+    from devstack.hostile_images import _zero_rows_png
+
+    rgba16 = _zero_rows_png(600, 600, 16, 6)  # 600 x 600 x (4 x 2 + 3) bytes = 3.96 MB to decode
+    tight = replace(SETTINGS, max_decode_bytes=3_000_000)
+    with pytest.raises(ImageTooLargeError, match="max_decode_bytes"):
+        decode(rgba16, tight)
+    assert decode(_zero_rows_png(600, 600, 8, 0), tight).pixels.shape == (600, 600, 3)  # 600 x 600 x (1 + 3)

@@ -111,3 +111,24 @@ def test_crop_set_survives_the_message_round_trip(pipeline, scene):
     direct = pipeline.classify_stage.run([crop_set])[0].to_dict()
     relayed = pipeline.classify_stage.run([again])[0].to_dict()
     assert [v["label"] for v in direct["vehicles"]] == [v["label"] for v in relayed["vehicles"]]
+
+
+@pytest.mark.parametrize(("fmt", "orientation"), [(".jpg", None), (".png", None), (".jpg", 6)])
+def test_an_image_larger_than_max_side_is_downscaled_and_its_boxes_come_back_in_original_pixels(
+    classifier_artifact, scene, fmt, orientation
+):
+    # Given: the scene 8 times larger (2560 x 1920) and a detect stage that works at 320 px at most
+    settings = load_settings().replace(classifier={"model": str(classifier_artifact)}, images={"max_side": 320})
+    pipeline = VehiclePipeline.from_settings(settings)
+    big = cv2.resize(scene.image, (2560, 1920), interpolation=cv2.INTER_NEAREST)
+    if orientation:
+        data = jpeg_with_orientation(big, orientation)
+    else:
+        data = cv2.imencode(fmt, cv2.cvtColor(big, cv2.COLOR_RGB2BGR))[1].tobytes()
+    # When
+    doc = pipeline.process(data, SourceRef(bucket="b", key=f"big{fmt}")).to_dict()
+    # Then: the document describes the original image, and the box lies on the vehicle in its pixels
+    validate_result(doc)
+    assert doc["status"] == "ok" and doc["image"] == {"width": 2560, "height": 1920}
+    truth = [8 * v for v in scene.objects[0].box]
+    assert max(iou(v["box"], truth) for v in doc["vehicles"]) >= 0.5, (doc["vehicles"], truth)
