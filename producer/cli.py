@@ -46,6 +46,7 @@ def _listen(args, settings) -> int:
         raise ConfigError("no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
     from producer.events import KeyFilter
     from producer.listen import Listener, stop_on_signals
+    from producer.queue_depth import depth_probe
     from vehicle_core.storage import sqs_client
     from workers.messages import sender_app
 
@@ -55,6 +56,9 @@ def _listen(args, settings) -> int:
         app=sender_app(settings.broker),
         keys=KeyFilter.from_settings(settings.producer, settings.results),
         wait_time_s=settings.producer.wait_time_s,
+        depth=depth_probe(settings.broker.url, settings.broker.detect_queue),
+        max_queue_depth=settings.producer.max_queue_depth,
+        pause_poll_s=settings.producer.pause_poll_s,
     )
     stop_on_signals(listener)
     listener.run()

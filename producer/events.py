@@ -66,8 +66,8 @@ def parse_event_body(body: str, keys: KeyFilter) -> ParsedEvent:
     """Parse one SQS message body; raise :class:`MalformedEventError` for anything unreadable."""
     try:
         doc = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        raise MalformedEventError(f"SQS body is not JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise MalformedEventError(f"SQS body is not JSON we can read: {type(exc).__name__}") from None
     if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
         return parse_event_body(doc["Message"], keys)  # an SNS envelope (bucket -> SNS -> SQS)
     if not isinstance(doc, dict):
@@ -97,7 +97,9 @@ def _parse_record(record: Any, keys: KeyFilter, parsed: ParsedEvent) -> None:
         bucket = record["s3"]["bucket"]["name"]
         obj = record["s3"]["object"]
         # Keys arrive form-encoded: '+' is a space, '%2B' a plus, non-ASCII as UTF-8 %XX.
-        key = unquote_plus(obj["key"])
+        key = unquote_plus(obj["key"]) if isinstance(obj["key"], str) else None
+        if not isinstance(bucket, str) or key is None:
+            raise TypeError("bucket name and object key must be strings")
     except (KeyError, TypeError) as exc:
         raise MalformedEventError(f"an ObjectCreated record lacks s3.bucket.name or s3.object.key ({exc})") from None
     reason = keys.why_not(key)

@@ -113,3 +113,47 @@ def test_listen_without_a_queue_url_fails_with_a_config_error(redis_server):
                          env={"PATH": "/usr/bin:/bin", "VP_BROKER__URL": redis_url(redis_server)})
     assert out.returncode == 2 and out.stderr.strip() == (
         "vehicle-producer: no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "cams"}, "object": {"key": 7}}}]}),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": ["x"]}, "object": {"key": "a.jpg"}}}]}),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": None}]}),
+        "[" * 100000 + "]" * 100000,
+        json.dumps({"Type": "Notification", "Message": 5}),
+        "null",
+        json.dumps({"Records": [None, 3, "x"]}),
+    ],
+    ids=["key-not-a-string", "bucket-not-a-string", "s3-null", "deeply-nested", "sns-odd", "json-null", "odd-records"],
+)
+def test_any_message_leaves_only_itself_for_the_dlq_and_the_batch_proceeds(sqs, queue, redis_server, detect_queue, body):
+    # Given: a hostile message between two good ones
+    client, qname = detect_queue
+    sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", "before.jpg"))
+    sqs.send_message(QueueUrl=queue, MessageBody=body)
+    sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", "after.jpg"))
+    listener = Listener(sqs=sqs, queue_url=queue, app=_app(redis_server, qname), keys=KEYS, wait_time_s=1)
+    # When
+    wait_until(lambda: listener.poll_once() is not None and listener.stats.received >= 3, timeout=30, what="3 receives")
+    # Then: both good images are enqueued and deleted; the hostile one stays in SQS
+    assert sorted(args[0]["key"] for _, args, _ in queued_tasks(client, qname)) == ["after.jpg", "before.jpg"]
+    assert listener.stats.deleted == 2 and listener.stats.malformed + listener.stats.failed == 1
+    assert sum(_counts(sqs, queue)) == 1
+
+
+def test_the_listener_stops_receiving_while_the_detect_queue_is_too_deep(sqs, queue, redis_server, detect_queue):
+    from producer.queue_depth import redis_queue_depth
+
+    # Given: a detect queue holding 3 messages, a limit of 2, and one event waiting in SQS
+    client, qname = detect_queue
+    client.rpush(qname, b"a", b"b", b"c")
+    sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", "waits.jpg"))
+    listener = Listener(sqs=sqs, queue_url=queue, app=_app(redis_server, qname), keys=KEYS, wait_time_s=1,
+                        depth=lambda: redis_queue_depth(client, qname), max_queue_depth=2, pause_poll_s=0.05)
+    # When: it polls while the queue is too deep, nothing is received
+    assert listener.poll_once() == 0 and listener.stats.received == 0 and listener.stats.paused == 1
+    # Then: once the queue drains, the event is received and enqueued
+    client.delete(qname)
+    wait_until(lambda: listener.poll_once() is not None and listener.stats.enqueued == 1, timeout=30, what="enqueued")
