@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workers.flower import DEMO_CREDENTIALS
+
 log = logging.getLogger("vehicle-demo")
 T = TypeVar("T")
 
@@ -130,9 +132,9 @@ def producer_argv(queue_url: str) -> list[str]:
     return [sys.executable, "-m", "producer.cli", "listen", "--queue-url", queue_url]
 
 
-def flower_argv(port: int, basic_auth: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1",
-            f"--basic-auth={basic_auth}"]
+def flower_argv(port: int) -> list[str]:
+    """``vehicle-flower`` as the README runs it (credentials from VP_FLOWER__BASIC_AUTH, loopback only)."""
+    return [sys.executable, "-m", "workers.flower", f"--port={port}", "--demo"]
 
 
 def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -194,7 +196,8 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     s3.create_bucket(Bucket=bucket)
     queue_url = wire_bucket_notifications(s3, sqs, bucket, f"{bucket}-events")
     env = stack_env(broker_url=broker_url, aws=aws, extra={
-        "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2", **(extra_env or {})})
+        "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2",
+        "VP_FLOWER__BASIC_AUTH": basic_auth, "VP_FLOWER__ADDRESS": "127.0.0.1", **(extra_env or {})})
     stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
                   flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
     root = Path(__file__).resolve().parents[1]
@@ -202,7 +205,7 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
         ("detect-worker", worker_argv("detect", "detect@demo")),
         ("classify-worker", worker_argv("classify", "classify@demo")),
         ("producer", producer_argv(queue_url)),
-        ("flower", flower_argv(flower_port, basic_auth)),
+        ("flower", flower_argv(flower_port)),
     ):
         stack.processes.append(start_process(name, argv, env, log_dir, cwd=root))
     app = sender_app(_broker_settings(broker_url))
@@ -322,9 +325,9 @@ def run_demo(args: argparse.Namespace) -> int:
         aws = aws_env(_endpoint(moto))
         stack = start_stack((_url(redis), aws), log_dir=log_dir, classifier=classifier,
                             flower_port=args.flower_port or settings.flower.port,
-                            basic_auth=settings.flower.basic_auth)
+                            basic_auth=settings.flower.basic_auth or DEMO_CREDENTIALS)
         try:
-            print(f"Flower: {stack.flower_url}  (user:password {settings.flower.basic_auth})")
+            print(f"Flower: {stack.flower_url}  (user:password {settings.flower.basic_auth or DEMO_CREDENTIALS})")
             uploads = demo_images(args.images, args.seed)
             for key, data, _ in uploads:
                 stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)

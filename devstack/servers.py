@@ -23,13 +23,15 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RedisServer:
-    """A running redis-server: ``port`` and ``url`` (redis://127.0.0.1:PORT/0)."""
+    """A running redis-server: ``port`` and ``url`` (redis://[:password@]127.0.0.1:PORT/0)."""
 
     port: int
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
 
 @dataclass(frozen=True)
@@ -90,23 +92,36 @@ def redis_server_binary() -> str:
     raise RuntimeError(f"no redis-server on PATH and none at {candidate}")
 
 
-def _redis_ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+def _redis_ping(port: int, password: str | None = None) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        if password:
+            s.sendall(f"AUTH {password}\r\n".encode())
+            if not s.recv(16).startswith(b"+OK"):
+                return False
         s.sendall(b"PING\r\n")
         return s.recv(16).startswith(b"+PONG")
 
 
 @contextlib.contextmanager
-def redis_server(port: int | None = None, timeout_s: float = 20.0) -> Iterator[RedisServer]:
-    """Start redis-server on 127.0.0.1 (no persistence), wait for PING, yield it, stop it."""
+def redis_server(port: int | None = None, timeout_s: float = 20.0, *, password: str | None = None,
+                 data_dir: str | Path | None = None) -> Iterator[RedisServer]:
+    """Start redis-server on 127.0.0.1, wait for PING, yield it, stop it (SIGTERM: AOF flushed).
+
+    ``password`` sets ``requirepass``; ``data_dir`` turns AOF persistence on there, so a server
+    started again on the same port and folder comes back with every queue as it was.
+    """
     port = port or free_port()
-    with tempfile.TemporaryDirectory(prefix="redis-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="redis-") as scratch:
+        workdir = str(data_dir or scratch)
         argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", workdir, "--protected-mode", "no"]
+                "--appendonly", "yes" if data_dir else "no", "--appendfsync", "always", "--dir", workdir,
+                "--protected-mode", "no"]
+        if password:
+            argv += ["--requirepass", password]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for(lambda: _redis_ping(port), proc, f"redis-server on port {port}", timeout_s)
-            yield RedisServer(port=port)
+            _wait_for(lambda: _redis_ping(port, password), proc, f"redis-server on port {port}", timeout_s)
+            yield RedisServer(port=port, password=password)
         finally:
             _stop(proc)
 

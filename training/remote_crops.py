@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from vehicle_core.config import Settings
+from vehicle_core.config import Settings, mask_secret
 from vehicle_core.errors import TransientError
 from vehicle_core.storage import ObjectStore
 from workers.messages import CROP_CHUNK_TASK, sender_app
@@ -40,7 +40,7 @@ def find_detect_workers(settings: Settings, *, timeout_s: float = 2.0) -> list[s
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
             replies = app.control.inspect(timeout=timeout_s, connection=conn).active_queues() or {}
     except (OperationalError, ConnectionError, OSError) as exc:
-        log.info("no broker at %s (%s): cropping locally", settings.broker.url, exc)
+        log.info("no broker at %s (%s): cropping locally", mask_secret(settings.broker.url), exc)
         return []
     queue = settings.broker.detect_queue
     return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.settings:
-            flat = {f"{s}.{k}": v for s, values in settings.to_dict().items() for k, v in values.items()}
+            flat = {f"{s}.{k}": v for s, values in settings.to_dict(masked=True).items() for k, v in values.items()}
             for key, value in flat.items():
                 print(f"{key} = {value!r}  ({settings.sources.get(key, 'default')})")
             return 0

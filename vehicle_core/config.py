@@ -39,6 +39,9 @@ class StorageSettings:
 class ImageSettings:
     max_pixels: int
     max_bytes: int
+    max_decode_bytes: int = 256 << 20
+    max_aspect_ratio: float = 20.0
+    max_side: int = 2048
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class WorkerSettings:
     max_retries: int
     retry_backoff_max_s: int
     metrics_port: int
+    max_deliveries: int
+    task_time_limit_s: float
+    max_memory_per_child_mb: int
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,9 @@ class TrainingSettings:
 @dataclass(frozen=True)
 class FlowerSettings:
     port: int
-    basic_auth: str
+    address: str
+    basic_auth: str | None
+    basic_auth_file: str | None
 
 
 @dataclass(frozen=True)
@@ -163,10 +171,36 @@ class Settings:
         """Settings from a full ``to_dict()`` (a copy sent in a message): checked like a file."""
         return _build(copy.deepcopy(raw), {})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, masked: bool = False) -> dict[str, Any]:
+        """Every setting as plain data; ``masked`` hides secrets (passwords in URLs, Flower's
+        credentials) for logs and ``--settings`` output."""
         raw = dataclasses.asdict(self)
         raw.pop("sources")
+        if masked:
+            for section, key in SECRETS:
+                value = raw[section][key]
+                if isinstance(value, str):
+                    raw[section][key] = mask_secret(value)
         return raw
+
+
+#: Settings that may hold a secret: shown masked (``Settings.to_dict(masked=True)``, ``mask_secret``).
+SECRETS = (("broker", "url"), ("broker", "result_backend"), ("flower", "basic_auth"))
+
+
+def mask_secret(value: str) -> str:
+    """``redis://:s3cret@host/0`` -> ``redis://:***@host/0``; ``user:password`` -> ``user:***``."""
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        netloc, slash, path = rest.partition("/")
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}"
+        return f"{scheme}://{netloc}{slash}{path}"
+    if ":" in value:
+        return value.split(":", 1)[0] + ":***"
+    return value
 
 
 # Range checks beyond types: key -> (predicate, what it must be).
@@ -184,9 +218,15 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "crop.size": (lambda v: v >= 16, "at least 16"),
     "images.max_pixels": (lambda v: v > 0, "positive"),
     "images.max_bytes": (lambda v: v > 0, "positive"),
+    "images.max_decode_bytes": (lambda v: v > 0, "positive"),
+    "images.max_aspect_ratio": (lambda v: v >= 1, "at least 1"),
+    "images.max_side": (lambda v: v >= 64, "at least 64"),
     "producer.wait_time_s": (lambda v: 0 <= v <= 20, "between 0 and 20 (SQS limit)"),
     "training.mixed_precision": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
     "training.dropout": (lambda v: 0.0 <= v < 1.0, "between 0 and 1"),
+    "worker.max_deliveries": (lambda v: v >= 1, "at least 1"),
+    "worker.task_time_limit_s": (lambda v: v > 0, "positive"),
+    "worker.max_memory_per_child_mb": (lambda v: v >= 0, "0 (no limit) or more"),
     "results.prefix": (lambda v: bool(v), "a non-empty prefix (results must never overwrite inputs)"),
 }
 

@@ -39,6 +39,7 @@ class ModelLoadError(VehiclePipelineError):
     """Model weights or an artifact could not be found, fetched or validated."""
 
     code = "model_unavailable"
+    final = False  # an operator fixes the model; the images deserve another try
 
 
 class InvalidInputError(VehiclePipelineError):
@@ -71,6 +72,12 @@ class ImageTooLargeError(InvalidInputError):
     code = "too_large"
 
 
+class AspectRatioError(InvalidInputError):
+    """The image is a strip: one side more than ``images.max_aspect_ratio`` times the other."""
+
+    code = "aspect_ratio"
+
+
 class SourceNotFoundError(InvalidInputError):
     """The S3 object named by a message no longer exists."""
 
@@ -88,6 +95,19 @@ class StorageRejectedError(InvalidInputError):
     """S3 rejected the request as such (4xx other than 403/404/408/409/429: key too long, bad request)."""
 
     code = "storage_rejected"
+
+
+class WorkerCrashedError(InvalidInputError):
+    """Worker processes died (killed, out of memory, crashed) on this image ``worker.max_deliveries``
+    times: it is not tried again."""
+
+    code = "worker_crashed"
+
+
+class ProcessingTimeoutError(InvalidInputError):
+    """Processing this image outlasted ``worker.task_time_limit_s``."""
+
+    code = "timeout"
 
 
 class MalformedMessageError(InvalidInputError):

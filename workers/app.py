@@ -35,13 +35,17 @@ def celery_config(settings: Settings) -> dict:
         # unacked, so it is delivered again: a task may run twice, hence idempotent result writes.
         "task_acks_late": True,
         # With acks_late, a task whose pool process was killed (OOM, SIGKILL) is requeued instead of
-        # being acked as failed. Cost: an image that always kills the process is retried forever
-        # (bounded in practice by max_retries on the next transient error and by operators).
+        # being acked as failed. An image that always kills the process would come back forever:
+        # the crash ledger (workers/crash_ledger.py) gives it a worker_crashed result after
+        # worker.max_deliveries deaths.
         "task_reject_on_worker_lost": True,
         # Messages reserved per process beyond the one running. 1 keeps long GPU tasks from piling up
         # on one worker while others idle; a larger value hides broker latency but delays redelivery
         # of everything reserved when that worker dies (after visibility_timeout).
         "worker_prefetch_multiplier": worker.prefetch_multiplier,
+        # A pool process that grew past this is replaced once its task is done (Celery checks after
+        # each task; a runaway allocation inside one is the decoder's byte budget's job, images.py).
+        "worker_max_memory_per_child": worker.max_memory_per_child_mb * 1024 or None,  # KiB
         "broker_transport_options": {
             # Redis has no acks: a reserved, unacked message is restored to its queue after this many
             # seconds. Too short and a slow task runs twice; too long and a crashed worker's tasks wait.

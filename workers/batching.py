@@ -9,11 +9,19 @@ celery-batches 0.11 (read from its source, ``celery_batches/__init__.py`` and ``
   raised or not; a SIGKILL before that leaves them unacked, so Redis redelivers them after
   ``visibility_timeout`` (that is the reliability we keep);
 * ``autoretry_for``/``self.retry`` do not apply per request, task events (Flower) and result-backend
-  states are not sent per request, and an exception in the batch fails every request silently.
+  states are not sent per request, and an exception in the batch fails every request silently;
+* when the pool process dies holding a batch (SIGKILL, OOM, a hard time limit), its requests are
+  neither acked nor rejected: no ``error_callback`` is given to the pool. The worker keeps counting
+  them against its prefetch limit and stops consuming until restarted (measured: 100 s and more
+  with 24 messages waiting), and Redis returns them only after ``visibility_timeout``.
 
-So the batch task catches per request: :func:`retry_later` re-sends a request with exponential
-backoff (counting attempts in its kwargs) and gives up into an error result; :func:`report` sends the
-``task-started``/``task-succeeded`` events Flower shows and stores a result when a backend is set.
+So :class:`RequeueingBatches` hands the pool an error callback that requeues the batch's requests at
+once (the crash ledger, workers/crash_ledger.py, then finds the one that killed the process), a time
+limit, and acks each request by what the batch returned (a request whose retry could not be
+re-published is requeued instead of acked). The batch task catches per request:
+:func:`retry_later` re-sends a request with exponential backoff (counting attempts in its kwargs)
+and gives up into an error result; :func:`report` sends the ``task-started``/``task-succeeded``
+events Flower shows and stores a result when a backend is set.
 """
 
 from __future__ import annotations
@@ -23,12 +31,53 @@ import time
 from typing import Any
 
 from celery.utils.time import get_exponential_backoff_interval
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.results import SourceRef
 from workers.result_writer import write_error_result
 
 log = logging.getLogger(__name__)
+
+
+#: Key of the batch task's return value listing request ids to requeue instead of ack.
+REQUEUE = "requeue"
+
+
+class RequeueingBatches(Batches):
+    """celery-batches' ``Batches`` whose batch never wedges the worker (see the module docstring)."""
+
+    #: seconds a batch may run: soft limit raises inside it, the hard one (30 s later) kills the process.
+    time_limit_s: float | None = None
+
+    def flush(self, requests):
+        late = [r for r in requests if r.task.acks_late]
+        early = [r for r in requests if not r.task.acks_late]
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for req in early:
+                req.acknowledge()
+
+        def on_return(result: Any) -> None:
+            requeue = set(result.get(REQUEUE, ())) if isinstance(result, dict) else {r.id for r in late}
+            for req in late:  # None: the batch raised past its own handlers; its requests come back
+                if req.id in requeue:
+                    req.reject(requeue=True)
+                else:
+                    req.acknowledge()
+
+        def on_error(exc_info: Any) -> None:
+            log.error("the process classifying a batch of %d died (%s): requeueing them now", len(late),
+                      getattr(exc_info, "exception", exc_info))
+            for req in late:
+                req.reject(requeue=True)
+
+        limit = self.time_limit_s
+        return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
+                                      accept_callback=on_accepted, callback=on_return, error_callback=on_error,
+                                      soft_timeout=limit, timeout=limit + 30 if limit else None)
 
 
 def prefetch_for(queue: str, settings) -> int:
@@ -49,13 +98,18 @@ def attempt_of(request) -> int:
 def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries: int, backoff_max: int,
                 store, results) -> str:
     """Re-send ``request`` after an exponential, jittered delay; past ``max_retries`` (or for bad
-    input) write an error result instead so the key is not lost. Returns "retry" or "gave_up"."""
+    input) write an error result instead so the key is not lost. Returns "retry", "gave_up", or
+    "requeue" when the re-send itself failed (broker down): the request must then be requeued, not acked."""
     attempt = attempt_of(request) + 1
     if attempt <= max_retries and not isinstance(exc, InvalidInputError):
         # Full jitter may draw 0: keep at least a second so a failing store is not hammered at once.
         countdown = max(1, get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max,
                                                             full_jitter=True))
-        task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
+        try:
+            task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
+        except Exception as publish_error:  # noqa: BLE001 - kombu raises many kinds; all mean "not sent"
+            log.error("could not re-send %s for a retry (%r): requeueing the message", source.uri, publish_error)
+            return REQUEUE
         log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
         return "retry"
     log.error("%s failed after %d attempts", source.uri, attempt)

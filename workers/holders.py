@@ -11,11 +11,12 @@ from vehicle_core.lazy import Lazy
 
 
 class Holders:
-    """The object store and the two pipeline stages of one worker process."""
+    """The object store, the crash ledger and the two pipeline stages of one worker process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Lazy("object store (S3 client)", self._store)
+        self.ledger = Lazy("crash ledger (Redis)", self._ledger)
         self.detect = Lazy("detector (DetectStage)", self._detect)
         self.classify = Lazy("classifier (ClassifyStage)", self._classify)
 
@@ -23,6 +24,17 @@ class Holders:
         from vehicle_core.storage import ObjectStore
 
         return ObjectStore(self.settings.storage)
+
+    def _ledger(self):
+        import redis
+
+        from workers.crash_ledger import CrashLedger
+
+        s = self.settings
+        # Marks must outlive a redelivery: at once after a pool process dies, or after the
+        # visibility timeout when a whole worker vanished.
+        ttl = int(s.broker.visibility_timeout_s + 2 * s.worker.task_time_limit_s)
+        return CrashLedger(redis.Redis.from_url(s.broker.url), max_deliveries=s.worker.max_deliveries, ttl_s=ttl)
 
     def _detect(self):
         from vehicle_core.pipeline import DetectStage
@@ -35,5 +47,5 @@ class Holders:
         return ClassifyStage.from_settings(self.settings)
 
     def reset(self) -> None:
-        for holder in (self.store, self.detect, self.classify):
+        for holder in (self.store, self.ledger, self.detect, self.classify):
             holder.reset()

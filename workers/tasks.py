@@ -27,8 +27,8 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
-from celery_batches import Batches
 from kombu.exceptions import OperationalError
 
 from vehicle_core.errors import (
@@ -36,7 +36,9 @@ from vehicle_core.errors import (
     InvalidInputError,
     MalformedMessageError,
     ModelLoadError,
+    ProcessingTimeoutError,
     TransientError,
+    WorkerCrashedError,
 )
 from vehicle_core.messages import CropSet
 from vehicle_core.results import ImageResult, SourceRef
@@ -77,26 +79,45 @@ class ImageTask(Task):
         # An operator's problem (model or settings) fails loudly in Flower and the logs, no result.
         if source is None or isinstance(exc, ModelLoadError | ConfigError):
             return
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc = ProcessingTimeoutError(f"processing took longer than worker.task_time_limit_s "
+                                         f"({settings.worker.task_time_limit_s:g} s)")
         result_writer.write_error_result(holders.store.get(), source, exc, settings.results)
 
 
-@app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS)
+TIME_LIMITS = {
+    # The soft limit raises inside the task (a ``timeout`` error result); the hard one, 30 s later,
+    # replaces a process stuck where the soft one cannot reach (in C code). Cost: such a message is
+    # acked without a result; ``vehicle-producer reconcile`` finds it.
+    "soft_time_limit": settings.worker.task_time_limit_s,
+    "time_limit": settings.worker.task_time_limit_s + 30,
+}
+
+
+@app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS, **TIME_LIMITS)
 def detect_crop(self, message: dict[str, Any]) -> dict[str, Any]:
     """Fetch one image, detect and crop its vehicles; return the CropSet message for ``classify``.
 
     An image already answered (or a malformed message) ends the chain here: ``classify`` is not sent.
+    An image whose processes died ``worker.max_deliveries`` times gets a ``worker_crashed`` result.
     """
     try:
         source = SourceRef.from_dict(message)
     except MalformedMessageError as exc:
         log.error("dropping malformed image message %r: %s", message, exc)
         return _end_chain(self, "malformed")
-    store = holders.store.get()
+    store, ledger = holders.store.get(), holders.ledger.get()
+    message_id = f"{self.request.id}:{self.request.retries}"  # a retry is a new delivery, not a crash
+    crashes = ledger.crashes([message_id])[message_id]
+    if ledger.given_up(crashes):
+        _give_up_crashed(store, source, crashes)
+        ledger.forget([message_id])
+        return _end_chain(self, "worker_crashed", source)
     if result_writer.is_answered(store, source, settings.results):
         log.info("skip %s etag=%s: result exists", source.uri, source.etag)
         metrics.TASKS.labels(self.name, "skipped").inc()
         return _end_chain(self, "done", source)
-    with metrics.SECONDS.labels(self.name).time():
+    with metrics.SECONDS.labels(self.name).time(), ledger.in_flight([message_id]):
         crop_set = _detect(store, source)
     metrics.BATCH_SIZE.labels("detect").observe(1)
     metrics.TASKS.labels(self.name, "error" if crop_set.error else "ok").inc()
@@ -133,35 +154,67 @@ def _end_chain(task, reason: str, source: SourceRef | None = None) -> dict[str, 
     return {"skipped": reason, "key": source.key if source else None}
 
 
-@app.task(bind=True, base=Batches, name=CLASSIFY_TASK, acks_late=True,
-          flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s)
-def classify(self, requests) -> list[dict[str, Any]]:
+@app.task(bind=True, base=batching.RequeueingBatches, name=CLASSIFY_TASK, acks_late=True,
+          flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s,
+          time_limit_s=settings.worker.task_time_limit_s)
+def classify(self, requests) -> dict[str, Any]:
     """Classify the crops of a batch of images in shared forward passes; write each image's result.
 
     Each request carries one CropSet message (chained from ``detect_crop``). Writes are idempotent
-    and never replace a newer upload's result (see workers/result_writer.py).
+    and never replace a newer upload's result (see workers/result_writer.py). Requests whose process
+    died before are classified one at a time (workers/crash_ledger.py), and given up after
+    ``worker.max_deliveries`` crashes. Returns which requests to requeue instead of ack.
     """
     started = time.perf_counter()
     todo, done = _parse_crop_requests(requests)
-    if todo:
-        try:
-            results = holders.classify.get().run([crop_set for _, crop_set in todo])
-        except Exception as exc:  # the whole batch failed: celery-batches acks it anyway, so re-send each
-            for request, crop_set in todo:
-                _retry(self, request, crop_set.source, exc)
-            return [summary for _, summary in done]
-        crops = sum(len(cs.crops) for _, cs in todo)
-        metrics.BATCH_SIZE.labels("classify_images").observe(len(todo))
-        metrics.BATCH_SIZE.labels("classify").observe(crops)
-        log.info("classify batch: %d images, %d crops, %.0f ms", len(todo), crops, 1000 * (time.perf_counter() - started))
-        for (request, _), result in zip(todo, results, strict=True):
-            summary = _write(self, request, result)
-            if summary:  # Flower's result column shows the batch each image was classified in
-                done.append((request, {**summary, "batch_images": len(todo), "batch_crops": crops}))
+    requeue: list[str] = []
+    ledger, store = holders.ledger.get(), holders.store.get()
+    crashes = ledger.crashes([request.id for request, _ in todo])
+    fresh, suspects = [], []
+    for request, crop_set in todo:
+        n = crashes[request.id]
+        if ledger.given_up(n):
+            done.append((request, _give_up_crashed(store, crop_set.source, n)))
+            ledger.forget([request.id])
+        else:
+            (suspects if n else fresh).append((request, crop_set))
+    # Fresh requests share a forward pass; each suspect gets its own, so a death is its own alone.
+    for group in ([fresh] if fresh else []) + [[s] for s in suspects]:
+        with ledger.in_flight([request.id for request, _ in group]):
+            _classify_group(self, group, done, requeue)
     runtime = time.perf_counter() - started
     metrics.SECONDS.labels(self.name).observe(runtime)
     batching.report(self, done, runtime=runtime)
-    return [summary for _, summary in done]
+    return {batching.REQUEUE: requeue, "results": [summary for _, summary in done]}
+
+
+def _classify_group(task, group: list, done: list, requeue: list[str]) -> None:
+    started = time.perf_counter()
+    try:
+        results = holders.classify.get().run([crop_set for _, crop_set in group])
+    except Exception as exc:  # noqa: BLE001 - the whole group failed: re-send each (model, timeout, bug)
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc = ProcessingTimeoutError("classifying the batch outlasted worker.task_time_limit_s")
+        for request, crop_set in group:
+            if _retry(task, request, crop_set.source, exc) == batching.REQUEUE:
+                requeue.append(request.id)
+        return
+    crops = sum(len(cs.crops) for _, cs in group)
+    metrics.BATCH_SIZE.labels("classify_images").observe(len(group))
+    metrics.BATCH_SIZE.labels("classify").observe(crops)
+    log.info("classify batch: %d images, %d crops, %.0f ms", len(group), crops, 1000 * (time.perf_counter() - started))
+    for (request, _), result in zip(group, results, strict=True):
+        summary = _write(task, request, result, requeue)
+        if summary:  # Flower's result column shows the batch each image was classified in
+            done.append((request, {**summary, "batch_images": len(group), "batch_crops": crops}))
+
+
+def _give_up_crashed(store, source: SourceRef, crashes: int) -> dict[str, Any]:
+    error = WorkerCrashedError(f"worker processes died {crashes} times while working on this image "
+                               f"(worker.max_deliveries = {settings.worker.max_deliveries}); not tried again")
+    outcome = result_writer.write_error_result(store, source, error, settings.results)
+    metrics.TASKS.labels("worker_crashed", outcome).inc()
+    return {"key": source.key, "status": "error", "error": error.to_dict(), "outcome": outcome}
 
 
 def _parse_crop_requests(requests) -> tuple[list, list]:
@@ -175,11 +228,12 @@ def _parse_crop_requests(requests) -> tuple[list, list]:
     return todo, done
 
 
-def _write(task, request, result: ImageResult) -> dict[str, Any] | None:
+def _write(task, request, result: ImageResult, requeue: list[str]) -> dict[str, Any] | None:
     try:
         outcome = result_writer.write_if_current(holders.store.get(), result, settings.results)
     except (TransientError, ConnectionError, TimeoutError) as exc:
-        _retry(task, request, result.source, exc)
+        if _retry(task, request, result.source, exc) == batching.REQUEUE:
+            requeue.append(request.id)
         return None
     metrics.TASKS.labels(task.name, outcome if outcome != result_writer.WRITTEN else result.status).inc()
     doc = result.to_dict()
@@ -187,11 +241,12 @@ def _write(task, request, result: ImageResult) -> dict[str, Any] | None:
             "confidence": doc["confidence"], "vehicles": len(result.vehicles), "outcome": outcome, "error": result.error}
 
 
-def _retry(task, request, source: SourceRef, exc: Exception) -> None:
+def _retry(task, request, source: SourceRef, exc: Exception) -> str:
     outcome = batching.retry_later(task, request, source, exc, max_retries=settings.worker.max_retries,
                                    backoff_max=settings.worker.retry_backoff_max_s, store=holders.store.get(),
                                    results=settings.results)
     metrics.TASKS.labels(task.name, outcome).inc()
+    return outcome
 
 
 def _source_of(arg: Any) -> SourceRef | None:

@@ -1,0 +1,87 @@
+"""The crash ledger (workers/crash_ledger.py) on a real redis-server: deaths are counted against the
+message that was in flight, and a batch's culprit is found without condemning its batch-mates."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from tests.integration.stack import redis_url
+from workers.crash_ledger import CRASHES, CrashLedger
+
+pytestmark = pytest.mark.integration
+
+
+class ProcessDied(Exception):
+    """Stands for a SIGKILL: the block is left without clearing its marks."""
+
+
+@pytest.fixture
+def ledger(redis_server):
+    return CrashLedger(redis.Redis.from_url(redis_url(redis_server)), max_deliveries=3, ttl_s=60)
+
+
+def _ids(n):
+    return [f"test-{uuid.uuid4().hex}" for _ in range(n)]
+
+
+def _deliver(ledger, ids, kill_on=None):
+    """One delivery of ``ids`` as the classify task does it: fresh together, suspects alone."""
+    crashes = ledger.crashes(ids)
+    fresh = [i for i in ids if crashes[i] == 0 and not ledger.given_up(crashes[i])]
+    suspects = [i for i in ids if 0 < crashes[i] and not ledger.given_up(crashes[i])]
+    given_up = [i for i in ids if ledger.given_up(crashes[i])]
+    finished = []
+    for group in ([fresh] if fresh else []) + [[s] for s in suspects]:
+        with ledger.in_flight(group):
+            if kill_on in group:
+                raise ProcessDied
+        finished += group
+    return finished, given_up
+
+
+def test_a_message_answered_leaves_no_trace(ledger):
+    (one,) = _ids(1)
+    assert _deliver(ledger, [one]) == ([one], [])
+    assert ledger.crashes([one]) == {one: 0}
+
+
+def test_each_death_counts_once_and_the_third_gives_up(ledger):
+    (poison,) = _ids(1)
+    for _ in range(3):
+        with pytest.raises(ProcessDied):
+            _deliver(ledger, [poison], kill_on=poison)
+    assert _deliver(ledger, [poison]) == ([], [poison])
+
+
+def _counts(ledger, ids):
+    """Crash counts as stored, without making a delivery of it (marks left untouched)."""
+    return {i: int(ledger.client.get(CRASHES + i) or 0) for i in ids}
+
+
+def test_the_batch_mates_of_a_poison_message_finish_and_only_it_is_given_up(ledger):
+    batch = _ids(8)
+    poison = batch[3]
+    # The first death leaves the whole batch marked: each of them gets one crash at redelivery
+    with pytest.raises(ProcessDied):
+        _deliver(ledger, batch, kill_on=poison)
+    # Redelivered, each runs alone: the ones before the poison finish (and are forgotten), it dies again
+    with pytest.raises(ProcessDied):
+        _deliver(ledger, batch, kill_on=poison)
+    assert _counts(ledger, batch[:3]) == dict.fromkeys(batch[:3], 0)
+    assert _counts(ledger, batch[3:]) == {poison: 1, **dict.fromkeys(batch[4:], 1)}
+    # The rest come back: the poison dies a third time, its batch-mates behind it are not charged
+    rest = batch[3:]
+    with pytest.raises(ProcessDied):
+        _deliver(ledger, rest, kill_on=poison)
+    finished, given_up = _deliver(ledger, rest)
+    assert given_up == [poison] and sorted(finished) == sorted(batch[4:])
+
+
+def test_an_exception_escaping_the_work_counts_like_a_death(ledger):
+    (buggy,) = _ids(1)
+    with pytest.raises(ZeroDivisionError), ledger.in_flight([buggy]):
+        1 / 0  # noqa: B018
+    assert ledger.crashes([buggy]) == {buggy: 1}

@@ -1,0 +1,83 @@
+"""Which messages a worker process died on: so that an image that kills every process it reaches
+ends as a ``worker_crashed`` result instead of being redelivered forever.
+
+Redis does not count deliveries, and a SIGKILLed (or OOM-killed) process cannot write anything on
+its way out. So the work is bracketed instead: before a message is worked on, an *in-flight* mark is
+set for it in Redis (the broker's own server); after the work returns, the mark is cleared. A mark
+still there when the message is delivered again means the process holding it died: one more crash
+is counted for that message, not for the others.
+
+Batches use the same marks to find the culprit. A batch's requests are marked together; if the
+process dies, each of them has one crash. On redelivery, requests with a crash are worked on one at
+a time, each under its own mark, so the next death is counted against the one request that caused
+it, and its batch-mates finish. After ``worker.max_deliveries`` crashes a message is given up.
+
+Marks expire (``ttl_s``, above the task time limit) so a message finished elsewhere leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+IN_FLIGHT = "vp:in-flight:"
+CRASHES = "vp:crashes:"
+
+
+class CrashLedger:
+    """Crash counts per message id, kept in Redis."""
+
+    def __init__(self, client, *, max_deliveries: int, ttl_s: int) -> None:
+        self.client = client
+        self.max_deliveries = max_deliveries
+        self.ttl_s = ttl_s
+
+    def crashes(self, ids: Sequence[str]) -> dict[str, int]:
+        """Crashes so far per message id, counting one more for each that is still marked in flight
+        (its previous delivery died holding it). Call once per delivery, before :meth:`in_flight`."""
+        if not ids:
+            return {}
+        pipe = self.client.pipeline()
+        for message_id in ids:
+            pipe.delete(IN_FLIGHT + message_id)  # 1 when a mark was left behind
+        left_behind = pipe.execute()
+        pipe = self.client.pipeline()
+        for message_id, died in zip(ids, left_behind, strict=True):
+            if died:
+                pipe.incr(CRASHES + message_id)
+                pipe.expire(CRASHES + message_id, self.ttl_s)
+            else:
+                pipe.get(CRASHES + message_id)
+        replies = iter(pipe.execute())
+        out = {}
+        for message_id, died in zip(ids, left_behind, strict=True):
+            value = next(replies)
+            if died:
+                next(replies)  # the EXPIRE's reply
+            out[message_id] = int(value or 0)
+        return out
+
+    def given_up(self, crashes: int) -> bool:
+        return crashes >= self.max_deliveries
+
+    @contextlib.contextmanager
+    def in_flight(self, ids: Sequence[str]) -> Iterator[None]:
+        """Mark ``ids`` in flight for the block; clear the marks (and the counts) only if it returns.
+
+        An exception escaping the block leaves the marks: like a death, it counts against these
+        messages at their next delivery, so a bug that fails every time still ends in a result.
+        """
+        if not ids:
+            yield
+            return
+        pipe = self.client.pipeline()
+        for message_id in ids:
+            pipe.set(IN_FLIGHT + message_id, b"1", ex=self.ttl_s)
+        pipe.execute()
+        yield
+        self.forget(ids)
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Clear marks and counts of messages that were answered."""
+        if ids:
+            self.client.delete(*[IN_FLIGHT + i for i in ids], *[CRASHES + i for i in ids])
