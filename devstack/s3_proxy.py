@@ -3,7 +3,8 @@
     with s3_proxy(moto.endpoint_url, fault_rate=0.2, latency_ms=5, seed=1) as proxy:
         env["AWS_ENDPOINT_URL"] = proxy.endpoint_url      # clients talk to the proxy
         ...
-        proxy.faults = 0.0                                # faults can be switched at run time
+        proxy.fault_rate = 0.0                            # faults can be switched at run time
+        proxy.fail_next["cam1/0001.jpg"] = 3              # the next 3 requests naming this key fail
         print(proxy.counts)                               # requests seen per HTTP method
 
 A share ``fault_rate`` of requests is answered by the proxy itself with a 500 InternalError, a 503
@@ -22,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 FAULTS = ((500, "InternalError", "We encountered an internal error. Please try again."),
           (503, "SlowDown", "Please reduce your request rate."),
@@ -40,6 +41,7 @@ class S3Proxy:
     latency_ms: float = 0.0
     seed: int | None = None
     counts: Counter = field(default_factory=Counter)  # method -> requests seen
+    fail_next: dict[str, int] = field(default_factory=dict)  # path fragment -> requests to fail (503) first
     faults: Counter = field(default_factory=Counter)  # S3 error code -> requests answered with it
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rng: random.Random = field(init=False, repr=False)
@@ -51,9 +53,14 @@ class S3Proxy:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _draw_fault(self, method: str) -> tuple[int, str, str] | None:
+    def _draw_fault(self, method: str, path: str) -> tuple[int, str, str] | None:
         with self._lock:
             self.counts[method] += 1
+            for fragment, left in self.fail_next.items():
+                if left > 0 and fragment in path:
+                    self.fail_next[fragment] = left - 1
+                    self.faults["SlowDown"] += 1
+                    return FAULTS[1]
             if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(FAULTS)
                 self.faults[fault[1]] += 1
@@ -73,7 +80,7 @@ def _handler(proxy: S3Proxy):
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            fault = proxy._draw_fault(self.command)
+            fault = proxy._draw_fault(self.command, unquote(self.path))
             if proxy.latency_ms > 0:
                 time.sleep(proxy.latency_ms / 1000.0)  # the latency being simulated, not synchronisation
             if fault is not None:

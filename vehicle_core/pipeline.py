@@ -44,32 +44,38 @@ class DetectStage:
         )
 
     def run(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[CropSet]:
-        out: list[CropSet] = [CropSet(source=src) for _, src in items]
-        decoded: list[tuple[int, Decoded]] = []
-        for i, (data, _) in enumerate(items):
-            t0 = time.perf_counter()
-            try:
-                image = decode(data, self.image_settings, max_side=self.image_settings.max_side)
-            except InvalidInputError as exc:
-                out[i].error = exc.to_dict()
-                continue
-            out[i].timings_ms["decode"] = _ms_since(t0)
-            out[i].image_size = image.original_size
-            decoded.append((i, image))
+        """Decode, detect (one forward pass per ``detector.batch_size``) and crop; bad images become a
+        CropSet with ``error``, never an exception."""
+        return self.detect([self.prepare(data, source) for data, source in items])
+
+    def prepare(self, data: bytes, source: SourceRef) -> tuple[CropSet, Decoded | None]:
+        """Decode one image (thread-safe: OpenCV releases the GIL, so workers decode while fetching)."""
+        crop_set = CropSet(source=source, models={"detector": self.detector.info})
+        t0 = time.perf_counter()
+        try:
+            image = decode(data, self.image_settings, max_side=self.image_settings.max_side)
+        except InvalidInputError as exc:
+            crop_set.error = exc.to_dict()
+            return crop_set, None
+        crop_set.timings_ms["decode"] = _ms_since(t0)
+        crop_set.image_size = image.original_size
+        return crop_set, image
+
+    def detect(self, prepared: Sequence[tuple[CropSet, Decoded | None]]) -> list[CropSet]:
+        """Run the detector over every decoded image of ``prepared`` at once, then crop each."""
+        decoded = [(crop_set, image) for crop_set, image in prepared if image is not None]
         if decoded:
             t0 = time.perf_counter()
             detections = self.detector.detect([image.pixels for _, image in decoded])
             per_image_ms = _ms_since(t0) / len(decoded)
-            for (i, image), found in zip(decoded, detections, strict=True):
+            for (crop_set, image), found in zip(decoded, detections, strict=True):
                 t1 = time.perf_counter()
                 crops = crop_vehicles(image.pixels, found, self.crop_settings)
-                out[i].detections = [_to_original(d, image.scale) for d in found]
-                out[i].crops = [encode_crop(c, self.crop_settings) for c in crops]
-                out[i].timings_ms["detect"] = per_image_ms
-                out[i].timings_ms["crop"] = _ms_since(t1)
-        for crop_set in out:
-            crop_set.models["detector"] = self.detector.info
-        return out
+                crop_set.detections = [_to_original(d, image.scale) for d in found]
+                crop_set.crops = [encode_crop(c, self.crop_settings) for c in crops]
+                crop_set.timings_ms["detect"] = per_image_ms
+                crop_set.timings_ms["crop"] = _ms_since(t1)
+        return [crop_set for crop_set, _ in prepared]
 
 
 class ClassifyStage:

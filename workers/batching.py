@@ -54,7 +54,7 @@ class RequeueingBatches(Batches):
     def flush(self, requests):
         late = [r for r in requests if r.task.acks_late]
         early = [r for r in requests if not r.task.acks_late]
-        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        serializable = ([_simple(r) for r in requests],)
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             for req in early:
@@ -80,13 +80,24 @@ class RequeueingBatches(Batches):
                                       soft_timeout=limit, timeout=limit + 30 if limit else None)
 
 
+def _simple(request) -> SimpleRequest:
+    """celery-batches' picklable request, keeping what it drops: the message's embed (the rest of the
+    chain, callbacks), so a batched step can hand its result on (:func:`hand_on`)."""
+    simple = SimpleRequest.from_request(request)
+    _, _, embed = request._payload
+    simple.request_dict = {**(request.request_dict or {}), **(embed or {})}
+    return simple
+
+
 def prefetch_for(queue: str, settings) -> int:
     """The ``--prefetch-multiplier`` a worker consuming ``queue`` needs: at least a full batch
-    (``worker.batch_flush_every``) on the batching classify queue. Cost: that many messages wait for
-    ``visibility_timeout`` if this worker dies."""
+    (``worker.batch_flush_every`` on the classify queue, ``detector.batch_size`` on the detect queue).
+    Cost: that many messages wait for ``visibility_timeout`` if this worker dies."""
     base = settings.worker.prefetch_multiplier
     if queue == settings.broker.classify_queue:
         return max(base, settings.worker.batch_flush_every)
+    if queue == settings.broker.detect_queue:
+        return max(base, settings.detector.batch_size)
     return base
 
 
@@ -106,7 +117,9 @@ def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries
         countdown = max(1, get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max,
                                                             full_jitter=True))
         try:
-            task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown)
+            # The rest of the chain travels with the re-sent request, as it did with the first.
+            task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown,
+                             chain=rest_of_chain(request) or None)
         except Exception as publish_error:  # noqa: BLE001 - kombu raises many kinds; all mean "not sent"
             log.error("could not re-send %s for a retry (%r): requeueing the message", source.uri, publish_error)
             return REQUEUE
@@ -115,6 +128,25 @@ def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries
     log.error("%s failed after %d attempts", source.uri, attempt)
     write_error_result(store, source, exc, results)
     return "gave_up"
+
+
+def rest_of_chain(request) -> list:
+    """The signatures still to run after ``request`` (Celery keeps them, last first, in the message)."""
+    return list((getattr(request, "request_dict", None) or {}).get("chain") or [])
+
+
+def hand_on(app, request, value: Any) -> bool:
+    """Send the next step of ``request``'s chain with ``value``, as Celery does after a task returns
+    (celery-batches does not: its requests' chains would end here). False when nothing follows."""
+    from celery import signature
+
+    chain = rest_of_chain(request)
+    if not chain:
+        return False
+    step = signature(chain.pop(), app=app)
+    root_id = (request.request_dict or {}).get("root_id") or request.id
+    step.apply_async((value,), chain=chain or None, parent_id=request.id, root_id=root_id)
+    return True
 
 
 def report(task, requests_and_results: list[tuple[Any, dict]], *, runtime: float) -> None:

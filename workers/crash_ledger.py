@@ -18,7 +18,10 @@ Marks expire (``ttl_s``, above the task time limit) so a message finished elsewh
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 IN_FLIGHT = "vp:in-flight:"
 CRASHES = "vp:crashes:"
@@ -59,6 +62,20 @@ class CrashLedger:
 
     def given_up(self, crashes: int) -> bool:
         return crashes >= self.max_deliveries
+
+    def triage(self, items: Sequence[T], key: Callable[[T], str]) -> tuple[list[tuple[T, int]], list[list[T]]]:
+        """One delivery of a batch: ``(given_up, groups)``. Items with no crash share the first group;
+        each suspect gets a group of its own (so the next death is its alone); items past
+        ``max_deliveries`` come back in ``given_up`` with their crash count."""
+        crashes = self.crashes([key(item) for item in items])
+        given_up, fresh, suspects = [], [], []
+        for item in items:
+            n = crashes[key(item)]
+            if self.given_up(n):
+                given_up.append((item, n))
+            else:
+                (suspects if n else fresh).append(item)
+        return given_up, ([fresh] if fresh else []) + [[s] for s in suspects]
 
     @contextlib.contextmanager
     def in_flight(self, ids: Sequence[str]) -> Iterator[None]:

@@ -17,6 +17,7 @@ class Holders:
         self.settings = settings
         self.store = Lazy("object store (S3 client)", self._store)
         self.ledger = Lazy("crash ledger (Redis)", self._ledger)
+        self.fetchers = Lazy("S3 fetcher threads", self._fetchers)
         self.detect = Lazy("detector (DetectStage)", self._detect)
         self.classify = Lazy("classifier (ClassifyStage)", self._classify)
 
@@ -36,6 +37,14 @@ class Holders:
         ttl = int(s.broker.visibility_timeout_s + 2 * s.worker.task_time_limit_s)
         return CrashLedger(redis.Redis.from_url(s.broker.url), max_deliveries=s.worker.max_deliveries, ttl_s=ttl)
 
+    def _fetchers(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One thread per pooled S3 connection: a batch's reads and decodes overlap (boto3 and OpenCV
+        # release the GIL).
+        return ThreadPoolExecutor(max_workers=self.settings.storage.max_pool_connections,
+                                  thread_name_prefix="fetch")
+
     def _detect(self):
         from vehicle_core.pipeline import DetectStage
 
@@ -47,5 +56,5 @@ class Holders:
         return ClassifyStage.from_settings(self.settings)
 
     def reset(self) -> None:
-        for holder in (self.store, self.ledger, self.detect, self.classify):
+        for holder in (self.store, self.ledger, self.fetchers, self.detect, self.classify):
             holder.reset()

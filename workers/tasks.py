@@ -2,8 +2,10 @@
 
 Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messages.enqueue_image``):
 
-* ``detect_crop`` (queue ``detect``, PyTorch): skip when a result for this ETag exists, fetch the
-  object, run :class:`DetectStage`, return the :class:`CropSet` message, which Celery hands on;
+* ``detect_crop`` (queue ``detect``, PyTorch, a celery-batches task): buffers up to
+  ``detector.batch_size`` images, skips those whose result already answers their ETag, fetches and
+  decodes the rest concurrently, detects them in one forward pass and hands each
+  :class:`CropSet` message on to the next step of its chain;
 * ``classify`` (queue ``classify``, TensorFlow, a celery-batches task): buffers up to
   ``worker.batch_flush_every`` CropSets (or ``batch_flush_interval_s``), runs :class:`ClassifyStage`
   over all their crops at once, and writes each ``results/<key>.json`` unless a newer upload
@@ -26,16 +28,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
 from vehicle_core.errors import (
-    ConfigError,
     InvalidInputError,
     MalformedMessageError,
-    ModelLoadError,
     ProcessingTimeoutError,
     TransientError,
     WorkerCrashedError,
@@ -69,59 +68,86 @@ def _after_fork(**_: Any) -> None:
     metrics.serve(settings.worker.metrics_port)
 
 
-class ImageTask(Task):
-    """Writes an error result when a task fails for good (transient error outlived every retry, or an
-    unexpected one), so no key is silently lost."""
+@app.task(bind=True, base=batching.RequeueingBatches, name=DETECT_TASK, acks_late=True,
+          flush_every=settings.detector.batch_size, flush_interval=settings.worker.batch_flush_interval_s,
+          time_limit_s=settings.worker.task_time_limit_s)
+def detect_crop(self, requests) -> dict[str, Any]:
+    """Fetch, decode, detect and crop a batch of images (one forward pass); hand each CropSet on.
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        metrics.TASKS.labels(self.name, "failed").inc()
-        source = _source_of(args[0] if args else None)
-        # An operator's problem (model or settings) fails loudly in Flower and the logs, no result.
-        if source is None or isinstance(exc, ModelLoadError | ConfigError):
-            return
-        if isinstance(exc, SoftTimeLimitExceeded):
-            exc = ProcessingTimeoutError(f"processing took longer than worker.task_time_limit_s "
-                                         f"({settings.worker.task_time_limit_s:g} s)")
-        result_writer.write_error_result(holders.store.get(), source, exc, settings.results)
-
-
-TIME_LIMITS = {
-    # The soft limit raises inside the task (a ``timeout`` error result); the hard one, 30 s later,
-    # replaces a process stuck where the soft one cannot reach (in C code). Cost: such a message is
-    # acked without a result; ``vehicle-producer reconcile`` finds it.
-    "soft_time_limit": settings.worker.task_time_limit_s,
-    "time_limit": settings.worker.task_time_limit_s + 30,
-}
-
-
-@app.task(bind=True, base=ImageTask, name=DETECT_TASK, **RETRY_OPTIONS, **TIME_LIMITS)
-def detect_crop(self, message: dict[str, Any]) -> dict[str, Any]:
-    """Fetch one image, detect and crop its vehicles; return the CropSet message for ``classify``.
-
-    An image already answered (or a malformed message) ends the chain here: ``classify`` is not sent.
-    An image whose processes died ``worker.max_deliveries`` times gets a ``worker_crashed`` result.
+    Up to ``detector.batch_size`` queued images share a forward pass; their S3 reads (and decoding)
+    run concurrently. Each request keeps its own outcome: an answered image ends its chain, a bad one
+    travels on as an error CropSet, a transient failure retries that image only. Requests whose
+    process died before run alone (workers/crash_ledger.py), and are given up after
+    ``worker.max_deliveries`` crashes.
     """
+    started = time.perf_counter()
+    todo, done = _parse_requests(requests, SourceRef.from_dict)
+    requeue: list[str] = []
+    ledger, store = holders.ledger.get(), holders.store.get()
+    given_up, groups = ledger.triage(todo, key=lambda item: item[0].id)
+    for (request, source), crashes in given_up:
+        done.append((request, _give_up_crashed(store, source, crashes)))
+        ledger.forget([request.id])
+    for group in groups:
+        with ledger.in_flight([request.id for request, _ in group]):
+            _detect_group(self, group, done, requeue)
+    runtime = time.perf_counter() - started
+    metrics.SECONDS.labels(self.name).observe(runtime)
+    batching.report(self, done, runtime=runtime)
+    return {batching.REQUEUE: requeue, "results": [summary for _, summary in done]}
+
+
+def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
+    stage = holders.detect.get()
+    prepared, waiting = [], []
+    for (request, source), outcome in zip(group, holders.fetchers.get().map(_fetch, [s for _, s in group]), strict=True):
+        if outcome == "answered":
+            log.info("skip %s etag=%s: result exists", source.uri, source.etag)
+            metrics.TASKS.labels(task.name, "skipped").inc()
+            done.append((request, {"skipped": "done", "key": source.key}))
+        elif isinstance(outcome, Exception):  # transient: this image alone comes back later
+            if _retry(task, request, source, outcome) == batching.REQUEUE:
+                requeue.append(request.id)
+        else:
+            prepared.append(outcome)
+            waiting.append(request)
+    if not prepared:
+        return
     try:
-        source = SourceRef.from_dict(message)
-    except MalformedMessageError as exc:
-        log.error("dropping malformed image message %r: %s", message, exc)
-        return _end_chain(self, "malformed")
-    store, ledger = holders.store.get(), holders.ledger.get()
-    message_id = f"{self.request.id}:{self.request.retries}"  # a retry is a new delivery, not a crash
-    crashes = ledger.crashes([message_id])[message_id]
-    if ledger.given_up(crashes):
-        _give_up_crashed(store, source, crashes)
-        ledger.forget([message_id])
-        return _end_chain(self, "worker_crashed", source)
-    if result_writer.is_answered(store, source, settings.results):
-        log.info("skip %s etag=%s: result exists", source.uri, source.etag)
-        metrics.TASKS.labels(self.name, "skipped").inc()
-        return _end_chain(self, "done", source)
-    with metrics.SECONDS.labels(self.name).time(), ledger.in_flight([message_id]):
-        crop_set = _detect(store, source)
-    metrics.BATCH_SIZE.labels("detect").observe(1)
-    metrics.TASKS.labels(self.name, "error" if crop_set.error else "ok").inc()
-    return crop_set.to_message()
+        crop_sets = stage.detect(prepared)
+    except SoftTimeLimitExceeded:
+        crop_sets = [CropSet(source=cs.source, models=cs.models,
+                             error=ProcessingTimeoutError("detection outlasted worker.task_time_limit_s").to_dict())
+                     for cs, _ in prepared]
+    metrics.BATCH_SIZE.labels("detect").observe(len(prepared))
+    log.info("detect batch: %d images", len(prepared))
+    for request, crop_set in zip(waiting, crop_sets, strict=True):
+        metrics.TASKS.labels(task.name, "error" if crop_set.error else "ok").inc()
+        try:
+            batching.hand_on(task.app, request, crop_set.to_message())
+        except Exception as exc:  # noqa: BLE001 - the broker refused the next step: do it all again later
+            log.error("could not hand %s on to classify (%r): requeueing it", crop_set.source.uri, exc)
+            requeue.append(request.id)
+            continue
+        done.append((request, {"key": crop_set.source.key, "vehicles": len(crop_set.crops),
+                               "error": crop_set.error, "batch_images": len(prepared)}))
+
+
+def _fetch(source: SourceRef):
+    """In a fetcher thread: "answered", a transient exception, or ``(CropSet, Decoded | None)``."""
+    store = holders.store.get()
+    try:
+        if result_writer.is_answered(store, source, settings.results):
+            return "answered"
+        data, info = store.get(source.uri, max_bytes=settings.images.max_bytes)
+    except InvalidInputError as exc:  # gone, too large, refused: permanent, becomes an error result
+        return CropSet(source=source, error=exc.to_dict(), models={"detector": holders.detect.get().detector.info}), None
+    except (TransientError, ConnectionError, TimeoutError) as exc:
+        return exc
+    # Describe the bytes actually read: if the object changed since the event, its ETag tells.
+    read = replace(source, etag=info.etag or source.etag, version_id=info.version_id or source.version_id,
+                   size=info.size)
+    return holders.detect.get().prepare(data, read)
 
 
 @app.task(bind=True, name=CROP_CHUNK_TASK, **RETRY_OPTIONS)
@@ -138,22 +164,6 @@ def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, grou
     return summary
 
 
-def _detect(store, source: SourceRef) -> CropSet:
-    try:
-        data, info = store.get(source.uri, max_bytes=settings.images.max_bytes)
-    except InvalidInputError as exc:  # gone, too large, refused: permanent, becomes an error result
-        return CropSet(source=source, error=exc.to_dict())
-    # Describe the bytes actually read: if the object changed since the event, its ETag tells.
-    read = replace(source, etag=info.etag or source.etag, version_id=info.version_id or source.version_id,
-                   size=info.size)
-    return holders.detect.get().run([(data, read)])[0]
-
-
-def _end_chain(task, reason: str, source: SourceRef | None = None) -> dict[str, Any]:
-    task.request.chain = None  # Celery sends the rest of a chain from request.chain after a task returns
-    return {"skipped": reason, "key": source.key if source else None}
-
-
 @app.task(bind=True, base=batching.RequeueingBatches, name=CLASSIFY_TASK, acks_late=True,
           flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s,
           time_limit_s=settings.worker.task_time_limit_s)
@@ -166,20 +176,14 @@ def classify(self, requests) -> dict[str, Any]:
     ``worker.max_deliveries`` crashes. Returns which requests to requeue instead of ack.
     """
     started = time.perf_counter()
-    todo, done = _parse_crop_requests(requests)
+    todo, done = _parse_requests(requests, CropSet.from_message)
     requeue: list[str] = []
     ledger, store = holders.ledger.get(), holders.store.get()
-    crashes = ledger.crashes([request.id for request, _ in todo])
-    fresh, suspects = [], []
-    for request, crop_set in todo:
-        n = crashes[request.id]
-        if ledger.given_up(n):
-            done.append((request, _give_up_crashed(store, crop_set.source, n)))
-            ledger.forget([request.id])
-        else:
-            (suspects if n else fresh).append((request, crop_set))
-    # Fresh requests share a forward pass; each suspect gets its own, so a death is its own alone.
-    for group in ([fresh] if fresh else []) + [[s] for s in suspects]:
+    given_up, groups = ledger.triage(todo, key=lambda item: item[0].id)
+    for (request, crop_set), crashes in given_up:
+        done.append((request, _give_up_crashed(store, crop_set.source, crashes)))
+        ledger.forget([request.id])
+    for group in groups:
         with ledger.in_flight([request.id for request, _ in group]):
             _classify_group(self, group, done, requeue)
     runtime = time.perf_counter() - started
@@ -217,13 +221,14 @@ def _give_up_crashed(store, source: SourceRef, crashes: int) -> dict[str, Any]:
     return {"key": source.key, "status": "error", "error": error.to_dict(), "outcome": outcome}
 
 
-def _parse_crop_requests(requests) -> tuple[list, list]:
+def _parse_requests(requests, parse) -> tuple[list, list]:
+    """``[(request, parse(its argument))]`` and, for the malformed ones, ``[(request, summary)]``."""
     todo, done = [], []
     for request in requests:
         try:
-            todo.append((request, CropSet.from_message(request.args[0] if request.args else None)))
+            todo.append((request, parse(request.args[0] if request.args else None)))
         except MalformedMessageError as exc:
-            log.error("dropping malformed crop message %s: %s", request.id, exc)
+            log.error("dropping malformed message %s: %s", request.id, exc)
             done.append((request, {"skipped": "malformed", "key": None}))
     return todo, done
 
@@ -247,11 +252,3 @@ def _retry(task, request, source: SourceRef, exc: Exception) -> str:
                                    results=settings.results)
     metrics.TASKS.labels(task.name, outcome).inc()
     return outcome
-
-
-def _source_of(arg: Any) -> SourceRef | None:
-    """The image a detect task's argument names, if it names one."""
-    try:
-        return SourceRef.from_dict(arg)
-    except MalformedMessageError:
-        return None

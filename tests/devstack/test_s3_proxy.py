@@ -36,3 +36,14 @@ def test_every_request_can_fail_with_s3_errors_that_botocore_retries(moto_server
         with pytest.raises(ClientError) as info:
             _client(proxy.endpoint_url).get_object(Bucket=bucket, Key="k")
         assert info.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_the_next_requests_naming_a_key_can_be_made_to_fail(moto_server, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="cam/a b.jpg", Body=b"x")
+    with s3_proxy(moto_server.endpoint_url) as proxy:
+        client = _client(proxy.endpoint_url)
+        proxy.fail_next["cam/a b.jpg"] = 2
+        for _ in range(2):
+            with pytest.raises(ClientError, match="SlowDown"):
+                client.get_object(Bucket=bucket, Key="cam/a b.jpg")
+        assert client.get_object(Bucket=bucket, Key="cam/a b.jpg")["Body"].read() == b"x"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.error
 import urllib.request
 
@@ -43,12 +44,22 @@ def _scene(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, moto_server, classifier_artifact, tmp_path_factory):
+def proxy(moto_server):
+    """The workers reach S3 through the fault-injecting proxy (no faults unless a test asks)."""
+    from devstack.s3_proxy import s3_proxy
+
+    with s3_proxy(moto_server.endpoint_url) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, moto_server, proxy, classifier_artifact, tmp_path_factory):
     from devstack.demo import _endpoint
     from devstack.servers import aws_env
 
     log_dir = tmp_path_factory.mktemp("stack-logs")
-    extra = {"VP_WORKER__RETRY_BACKOFF_MAX_S": "2"}
+    extra = {"VP_WORKER__RETRY_BACKOFF_MAX_S": "2", "VP_DETECTOR__BATCH_SIZE": "4", "VP_STORAGE__MAX_ATTEMPTS": "2",
+             "AWS_ENDPOINT_URL_S3": proxy.endpoint_url}
     running = start_stack((redis_url(redis_server), aws_env(_endpoint(moto_server))), log_dir=log_dir,
                           classifier=classifier_artifact, flower_port=free_port(), basic_auth=AUTH,
                           bucket="e2e", extra_env=extra)
@@ -232,3 +243,39 @@ def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
     crops = index_dataset("s3://datasets/crops", store)
     assert len(crops.examples) == report["written"]
     assert not list(store.list("s3://datasets/crops/_parts/"))  # the workers' answers were cleaned up
+
+
+def test_one_detect_batch_gives_each_image_its_own_outcome(stack, proxy):
+    # Given: the detect worker stopped, and four images waiting: good, corrupt, missing, and one whose
+    # S3 reads fail for a while (more than botocore's own retries absorb)
+    from vehicle_core.results import SourceRef
+    from workers.messages import enqueue_image
+
+    client = redis.Redis.from_url(stack.broker_url)
+    detect = next(p for p in stack.processes if p.name == "detect-worker")
+    stop_process(detect)
+    stack.processes.remove(detect)
+    app = sender_app(load_settings(env={"VP_BROKER__URL": stack.broker_url}).broker)
+    good = _upload(stack, "mixed/good.jpg", _scene(500))
+    corrupt = _upload(stack, "mixed/corrupt.jpg", _scene(501)[:300])
+    flaky = _upload(stack, "mixed/flaky.jpg", _scene(502))
+    proxy.fail_next["mixed/flaky.jpg"] = 3  # 2 attempts per call: the first fetch fails, a retry succeeds
+    wait_until(lambda: client.llen("detect") >= 3, timeout=60, what="3 queued detect tasks")
+    enqueue_image(app, SourceRef(stack.bucket, "mixed/missing.jpg", etag="gone"))
+    # When: a detect worker with batch size 4 takes them
+    replacement = start_process("detect-worker", worker_argv("detect", "detect@demo"), stack.env, stack.log_dir)
+    stack.processes.append(replacement)
+    results = _wait_for_results(stack, {"mixed/good.jpg": good, "mixed/corrupt.jpg": corrupt,
+                                        "mixed/flaky.jpg": flaky}, timeout=240)
+    # Then: each image has its own outcome, the flaky one after a retry of it alone
+    assert results["mixed/good.jpg"]["status"] in ("ok", "no_vehicle")
+    assert results["mixed/corrupt.jpg"]["error"]["code"] == "undecodable"
+    assert results["mixed/flaky.jpg"]["status"] in ("ok", "no_vehicle")
+    log = replacement.log_path.read_text()
+    assert "retry 1/" in log and "mixed/flaky.jpg" in log
+    sizes = [int(n) for n in re.findall(r"detect batch: (\d+) images", log)]
+    assert max(sizes) >= 2, sizes
+    # ... and the missing object has no result (nothing to describe), but was answered, not lost
+    wait_until(lambda: client.llen("detect") == 0 and _detect_unacked(client) == 0, timeout=120,
+               what="the detect queue drained")
+    assert "mixed/missing.jpg" not in results_under(stack.s3, stack.bucket)
