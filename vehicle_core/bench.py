@@ -10,6 +10,8 @@ Each row runs its whole batch in one forward pass.
     python -m vehicle_core.bench --crop-messages 40    # ... and the size of crops on the wire
     python -m vehicle_core.bench --skip-classifier --detector-arch maskrcnn_resnet101_fpn \
         --detector-min-size 800 --detector-batches 1,8  # the card's R101-FPN, untrained, torchvision
+
+The end-to-end figure (workers, queues, S3) is ``python -m devstack.bench pipeline``.
 """
 
 from __future__ import annotations
@@ -180,7 +182,17 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+PIPELINE_POINTER = ("the end-to-end benchmark starts the whole stack, so it lives in devstack: "
+                    "python -m devstack.bench pipeline --images 200")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    import sys
+
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["pipeline"]:
+        # The library may not import devstack (tests/test_import_directions.py): point there instead.
+        print(PIPELINE_POINTER, file=sys.stderr)
+        raise SystemExit(2)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")
     parser.add_argument("--classifier-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from vehicle_core.config import ClassifierSettings, StorageSettings
-from vehicle_core.errors import InvalidInputError, ModelLoadError
+from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError
 from vehicle_core.results import Classification, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,10 @@ def load_artifact(path: str | os.PathLike):
     """Load an artifact directory or ``.tar.gz``; returns ``(model, manifest)`` or raises ModelLoadError."""
     import keras
 
+    from vehicle_core import threads
+
+    threads.apply_loaded()  # the framework Keras just imported gets its threads before it starts
+
     directory = _artifact_dir(Path(path))
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
@@ -249,10 +253,15 @@ def _check_manifest(manifest: Any, model, *, source: str) -> None:
 
 
 class VehicleClassifier:
-    """A loaded classifier: build once, then :meth:`classify` batches of crops many times."""
+    """A loaded classifier: build once, then :meth:`classify` batches of crops many times.
+
+    Runs on the Keras backend of this process (``keras.backend.backend()``): ``tensorflow`` (one
+    traced ``tf.function``) or ``torch`` (eager, under ``torch.inference_mode``). The same artifact
+    serves on both; see :func:`use_backend`.
+    """
 
     def __init__(self, model, manifest: dict[str, Any], *, batch_size: int = 32, top_k: int = 3, device: str = "auto"):
-        import tensorflow as tf
+        import keras
 
         self.model = model
         self.manifest = manifest
@@ -261,13 +270,13 @@ class VehicleClassifier:
         self.info = ModelInfo(name=str(manifest["name"]), version=str(manifest["version"]))
         self.batch_size = batch_size
         self.top_k = min(top_k, len(self.class_names))
-        self._device = _tf_device(device)
-        size = self.input_size
-        # One traced graph for every batch (batch dimension left open): no per-call Keras predict overhead.
-        self._predict = tf.function(
-            lambda x: model(preprocess(x, manifest["preprocessing"]), training=False),
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
-        )
+        self.backend = keras.backend.backend()
+        if self.backend == "tensorflow":
+            self._predict = _tf_predictor(model, manifest, self.input_size, device)
+        elif self.backend == "torch":
+            self._predict = _torch_predictor(model, manifest, device)
+        else:
+            raise ModelLoadError(f"Keras backend {self.backend!r} is not served; use tensorflow or torch")
 
     @classmethod
     def from_artifact(cls, path: str | os.PathLike, **kwargs: Any) -> VehicleClassifier:
@@ -277,16 +286,13 @@ class VehicleClassifier:
 
     def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax probabilities, one row per crop (RGB uint8 of any size), in ``class_names`` order."""
-        import tensorflow as tf
-
         if not crops:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         rows = []
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
             batch = np.stack([letterbox(np.asarray(c), self.input_size) for c in chunk]).astype(np.float32)
-            with tf.device(self._device):
-                rows.append(self._predict(tf.constant(batch)).numpy())
+            rows.append(self._predict(batch))
         return np.concatenate(rows).astype(np.float32)
 
     def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
@@ -297,6 +303,24 @@ class VehicleClassifier:
             top = tuple((self.class_names[i], float(row[i])) for i in order)
             out.append(Classification(label=top[0][0], confidence=top[0][1], top_k=top))
         return out
+
+
+def _tf_predictor(model, manifest: dict[str, Any], size: int, device: str):
+    """float32 NHWC batch (NumPy) -> probabilities (NumPy), through one traced graph."""
+    import tensorflow as tf
+
+    tf_device = _tf_device(device)
+    # One traced graph for every batch (batch dimension left open): no per-call Keras predict overhead.
+    fn = tf.function(
+        lambda x: model(preprocess(x, manifest["preprocessing"]), training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+    )
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with tf.device(tf_device):
+            return fn(tf.constant(batch)).numpy()
+
+    return predict
 
 
 def _tf_device(device: str) -> str | None:
@@ -310,11 +334,59 @@ def _tf_device(device: str) -> str | None:
     return gpus[0].name if gpus else "/CPU:0"
 
 
+def _torch_predictor(model, manifest: dict[str, Any], device: str):
+    """float32 NHWC batch (NumPy) -> probabilities (NumPy), eager PyTorch without autograd."""
+    import torch
+
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ModelLoadError("classifier.device is 'gpu' but PyTorch sees no GPU")
+    # Keras's torch backend keeps the weights on its own device (cuda when present): inputs follow them.
+    weights = model.weights[0].value if model.weights else None
+    target = weights.device if weights is not None else torch.device("cpu")
+    if device == "cpu" and target.type != "cpu":
+        raise ModelLoadError("classifier.device is 'cpu' but Keras put the model on "
+                             f"{target}; set CUDA_VISIBLE_DEVICES= for a CPU-only torch classifier")
+    preprocessing = manifest["preprocessing"]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        # Preprocess on the host (NumPy, the same arithmetic as the TensorFlow graph's): one copy to the device.
+        x = torch.from_numpy(np.ascontiguousarray(preprocess(batch, preprocessing))).to(target)
+        with torch.inference_mode():
+            return model(x, training=False).detach().cpu().numpy()
+
+    return predict
+
+
+def use_backend(backend: str) -> None:
+    """Make this process's Keras run on ``backend`` (``classifier.backend``): tensorflow | torch.
+
+    Keras reads ``KERAS_BACKEND`` once, at its first import. Before that, this sets the variable;
+    after it (or when the variable already names another backend) a mismatch is a ConfigError, so
+    a worker never silently serves on the framework it was not meant to load.
+    """
+    import sys
+
+    declared = os.environ.get("KERAS_BACKEND")
+    if declared and declared != backend:
+        raise ConfigError(f"classifier.backend is {backend!r} but KERAS_BACKEND={declared!r}; "
+                          "set both to the same backend")
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+        return
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise ConfigError(f"classifier.backend is {backend!r} but Keras was already imported on "
+                          f"{keras.backend.backend()!r} in this process; start the process with "
+                          f"KERAS_BACKEND={backend}")
+
+
 def load_classifier(settings: ClassifierSettings, storage: StorageSettings) -> VehicleClassifier:
     """The classifier named by the settings: ``model``, else the registry's ``current`` version, else
     a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there."""
+    use_backend(settings.backend)
     path = _resolve_model(settings, storage)
-    log.info("loading classifier from %s", path)
+    log.info("loading classifier from %s (Keras backend %s)", path, settings.backend)
     return VehicleClassifier.from_artifact(
         path, batch_size=settings.batch_size, top_k=settings.top_k, device=settings.device
     )

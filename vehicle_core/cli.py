@@ -82,7 +82,9 @@ class _Drawer:
         if document["status"] == "error" or data is None:
             picture = error_card(document)
         else:
-            picture = draw_result(decode_image(data, self.images), document, [d.mask for d in detections])
+            pixels = decode_image(data, self.images)
+            h, w = pixels.shape[:2]
+            picture = draw_result(pixels, document, [d.full_mask(h, w) for d in detections])
         stem = Path(target.rstrip("/")).stem or "image"
         if stem in self.names:  # two inputs of the same name: keep both
             stem = f"{stem}-{len(self.names)}"

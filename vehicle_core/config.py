@@ -55,6 +55,7 @@ class DetectorSettings:
     same_vehicle_iou: float
     vehicle_classes: list[str]
     batch_size: int
+    in_model_filter: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ClassifierSettings:
     batch_size: int
     top_k: int
     device: str
+    backend: str = "tensorflow"
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,11 @@ class WorkerSettings:
     max_retries: int
     retry_backoff_max_s: int
     metrics_port: int
-    max_deliveries: int
-    task_time_limit_s: float
-    max_memory_per_child_mb: int
+    max_deliveries: int = 3
+    task_time_limit_s: float = 300.0
+    max_memory_per_child_mb: int = 4096
+    threads: int = 0
+    interop_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "detector.batch_size": (lambda v: v >= 1, "at least 1"),
     "classifier.batch_size": (lambda v: v >= 1, "at least 1"),
     "classifier.top_k": (lambda v: v >= 1, "at least 1"),
+    "classifier.backend": (lambda v: v in ("tensorflow", "torch"), "tensorflow or torch"),
+    "worker.threads": (lambda v: v >= 0, "0 (auto) or more"),
+    "worker.interop_threads": (lambda v: v >= 1, "at least 1"),
     "crop.margin": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
     "crop.fill_value": (lambda v: 0 <= v <= 255, "between 0 and 255"),
     "crop.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),

@@ -28,14 +28,22 @@ def _grown_box(box, margin: float, width: int, height: int) -> tuple[int, int, i
     return ix1, iy1, max(ix2, ix1 + 1), max(iy2, iy1 + 1)
 
 
+def _fits(detection: Detection, height: int, width: int) -> bool:
+    """Whether the detection's mask lies inside this image (a mask of another image says nothing)."""
+    if detection.mask is None:
+        return False
+    ox, oy = detection.mask_origin
+    mh, mw = detection.mask.shape[:2]
+    return ox >= 0 and oy >= 0 and ox + mw <= width and oy + mh <= height
+
+
 def crop_one(image: np.ndarray, detection: Detection, settings: CropSettings) -> np.ndarray:
     """One detection's crop (RGB uint8), see the module docstring for the steps."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = _grown_box(detection.box, settings.margin, width, height)
     crop = image[y1:y2, x1:x2].copy()
-    mask = detection.mask
-    if settings.mask_background and mask is not None and mask.shape[:2] == (height, width):
-        keep = mask[y1:y2, x1:x2].astype(bool)
+    keep = detection.mask_window(x1, y1, x2, y2) if settings.mask_background and _fits(detection, height, width) else None
+    if keep is not None:
         if keep.any():  # an empty mask inside the box says nothing; keep the pixels
             crop[~keep] = settings.fill_value
     h, w = crop.shape[:2]

@@ -35,13 +35,12 @@ class DetectStage:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectStage:
+        from vehicle_core import threads
         from vehicle_core.detection import build_detector
 
-        return cls(
-            detector=build_detector(settings.detector, settings.storage),
-            images=settings.images,
-            crop=settings.crop,
-        )
+        detector = build_detector(settings.detector, settings.storage)
+        threads.apply_loaded()  # the detector's framework is imported now: give it the configured threads
+        return cls(detector=detector, images=settings.images, crop=settings.crop)
 
     def run(self, items: Sequence[tuple[bytes, SourceRef]]) -> list[CropSet]:
         """Decode, detect (one forward pass per ``detector.batch_size``) and crop; bad images become a

@@ -30,12 +30,33 @@ class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     score: float  # 0-1
     label: str  # detector class name, e.g. "car"
-    mask: np.ndarray | None = field(default=None, compare=False, repr=False)  # bool HxW, full image
+    #: bool mask of the object. Either the full image (H x W, ``mask_origin`` (0, 0)), or only the
+    #: window of the image it covers, whose top-left pixel is ``mask_origin`` (x, y): detectors that
+    #: paste masks at box resolution (torchvision backend) never allocate an image-sized array per box.
+    #: Outside its window a mask is False. Read it through :meth:`mask_window` / :meth:`full_mask`.
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask_origin: tuple[int, int] = field(default=(0, 0), compare=False, repr=False)
 
     @property
     def area(self) -> float:
         x1, y1, x2, y2 = self.box
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def mask_window(self, x1: int, y1: int, x2: int, y2: int) -> np.ndarray | None:
+        """The mask over image pixels [y1:y2, x1:x2] (bool, False where the mask does not reach), or None."""
+        if self.mask is None:
+            return None
+        out = np.zeros((max(0, y2 - y1), max(0, x2 - x1)), dtype=bool)
+        ox, oy = self.mask_origin
+        mh, mw = self.mask.shape[:2]
+        ix1, iy1, ix2, iy2 = max(x1, ox), max(y1, oy), min(x2, ox + mw), min(y2, oy + mh)
+        if ix1 < ix2 and iy1 < iy2:
+            out[iy1 - y1 : iy2 - y1, ix1 - x1 : ix2 - x1] = self.mask[iy1 - oy : iy2 - oy, ix1 - ox : ix2 - ox]
+        return out
+
+    def full_mask(self, height: int, width: int) -> np.ndarray | None:
+        """The mask as a bool ``height`` x ``width`` array of the whole image (for drawing), or None."""
+        return self.mask_window(0, 0, width, height)
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ from dataclasses import replace
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError
 
+from vehicle_core import threads
 from vehicle_core.errors import (
     InvalidInputError,
     MalformedMessageError,
@@ -61,11 +62,19 @@ RETRY_OPTIONS = {
 }
 
 
+@worker_init.connect
+def _threads(sender=None, **_: Any) -> None:
+    # In the parent, before forking: each pool process sizes its frameworks' thread pools so that
+    # several processes on the same cores do not oversubscribe them (vehicle_core/threads.py).
+    threads.configure(settings.worker, processes=getattr(sender, "concurrency", 1) or 1)
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's sockets (S3 connection pool) or models.
     holders.reset()
     metrics.serve(settings.worker.metrics_port)
+    threads.apply_loaded()
 
 
 @app.task(bind=True, base=batching.RequeueingBatches, name=DETECT_TASK, acks_late=True,

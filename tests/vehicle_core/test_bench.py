@@ -18,3 +18,12 @@ def test_bench_prints_one_row_per_batch_size_and_crop_message_sizes(capsys):
     sizes = re.findall(r"\| (\d+x\d+) \| (\d+) KB \| ([\d.]+) \| ([\d.]+) KB", out)
     assert [s[0] for s in sizes] == ["320x240", "1280x960"]
     assert all(float(msg) > 0.5 for *_, msg in sizes)  # at least one JPEG crop per message
+
+
+def test_bench_pipeline_points_at_the_devstack_command(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["pipeline", "--images", "8"])
+    assert exit_info.value.code == 2
+    assert "python -m devstack.bench pipeline" in capsys.readouterr().err

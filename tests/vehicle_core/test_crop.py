@@ -81,3 +81,25 @@ def test_undecodable_crop_raises_typed_error(data):
     with pytest.raises(UndecodableImageError) as err:
         decode_crop(data)
     assert err.value.code == "undecodable"
+
+
+def test_a_mask_window_blanks_like_the_full_image_mask():
+    import numpy as np
+
+    from vehicle_core.config import load_settings
+    from vehicle_core.crop import crop_one
+    from vehicle_core.results import Detection
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    full = np.zeros((60, 80), dtype=bool)
+    full[22:40, 25:55] = True
+    box = (24.0, 20.0, 56.0, 42.0)
+    window = full[18:44, 21:60]  # the window a box-resolution paste covers, origin (21, 18)
+    settings = load_settings(env={}).crop
+    a = crop_one(image, Detection(box=box, score=1.0, label="car", mask=full), settings)
+    b = crop_one(image, Detection(box=box, score=1.0, label="car", mask=window, mask_origin=(21, 18)), settings)
+    np.testing.assert_array_equal(a, b)
+    assert (a == settings.fill_value).any()  # the background was blanked
+    det = Detection(box=box, score=1.0, label="car", mask=window, mask_origin=(21, 18))
+    np.testing.assert_array_equal(det.full_mask(60, 80), full)

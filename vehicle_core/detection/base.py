@@ -121,7 +121,9 @@ def filter_detections(
     A box overlapping an already kept, higher-scoring vehicle with an IoU above ``same_vehicle_iou``
     is the same vehicle seen as another class (COCO detectors suppress duplicates per class only, so
     one pickup can come back as both "truck" and "car"); it is dropped. 1.0 keeps every box.
-    ``boxes`` is N x 4 (x1, y1, x2, y2), ``masks`` N x H x W bool or None, ``image_size`` (height, width).
+    ``boxes`` is N x 4 (x1, y1, x2, y2), ``image_size`` (height, width). ``masks``: N x H x W bool, or
+    None, or an object whose ``window(i)`` returns ``(bool array, (x, y) origin)`` of detection ``i``'s
+    mask; it is called for kept detections only (a backend pastes just the masks it keeps).
     """
     height, width = image_size
     wanted = set(vehicle_classes)
@@ -137,11 +139,20 @@ def filter_detections(
             continue
         if any(box_iou((x1, y1, x2, y2), k.box) > same_vehicle_iou for k in kept):
             continue
-        mask = None if masks is None else np.asarray(masks[i], dtype=bool)
-        kept.append(Detection(box=(x1, y1, x2, y2), score=score, label=labels[i], mask=mask))
+        mask, origin = _mask_of(masks, int(i))
+        kept.append(Detection(box=(x1, y1, x2, y2), score=score, label=labels[i], mask=mask, mask_origin=origin))
         if len(kept) >= max_vehicles:
             break
     return kept
+
+
+def _mask_of(masks, i: int) -> tuple[np.ndarray | None, tuple[int, int]]:
+    if masks is None:
+        return None, (0, 0)
+    window = getattr(masks, "window", None)
+    if window is not None:
+        return window(i)
+    return np.asarray(masks[i], dtype=bool), (0, 0)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -38,6 +38,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
+from vehicle_core.detection.torchvision_filter import BoxMasks, restrict_to_vehicles
+
 COCO_CATEGORIES: list[str] = list(_COCO_CATEGORIES)  # index -> name, torchvision's 91-entry COCO order
 
 ARCHES: dict[str, Callable[..., nn.Module]] = {}
@@ -187,14 +189,25 @@ def load_pretrained(uri: str) -> tuple[nn.Module, list[str], ModelInfo]:
 
 
 class TorchvisionDetector(BatchedDetector):
-    """A torchvision detection model behind the ``Detector`` protocol."""
+    """A torchvision detection model behind the ``Detector`` protocol.
 
-    def __init__(self, model: nn.Module, categories: Sequence[str], info: ModelInfo, settings: DetectorSettings):
+    With ``in_model_filter`` (the default) the vehicle filter starts inside the model (see
+    :func:`restrict_to_vehicles`): non-vehicle classes and scores under the threshold never reach the
+    box NMS or the mask head, and masks are pasted at box resolution for kept vehicles only.
+    ``in_model_filter=False`` runs the model as built (every class, full-image masks): the reference
+    the tests compare against.
+    """
+
+    def __init__(self, model: nn.Module, categories: Sequence[str], info: ModelInfo, settings: DetectorSettings,
+                 *, in_model_filter: bool = True):
         self.settings = settings
         self.device = _device(settings.device)
         self.model = model.to(self.device).eval()
         self.categories = list(categories)
         self.info = info
+        self.in_model_filter = in_model_filter and hasattr(self.model, "roi_heads")
+        if self.in_model_filter:
+            restrict_to_vehicles(self.model, self.categories, settings)
 
     @torch.inference_mode()
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
@@ -203,7 +216,9 @@ class TorchvisionDetector(BatchedDetector):
         found = []
         for image, r in zip(images, results, strict=True):
             masks = r.get("masks")
-            if masks is not None:
+            if masks is not None and self.in_model_filter:
+                masks = BoxMasks(masks, r["boxes"], image.shape[:2])  # pasted on demand, kept vehicles only
+            elif masks is not None:
                 masks = (masks[:, 0] > 0.5).cpu().numpy()  # soft masks -> full-image bool
             labels = [self.categories[i] if i < len(self.categories) else "?" for i in r["labels"].tolist()]
             found.append(self._vehicles(r["boxes"].cpu().numpy(), r["scores"].cpu().numpy(), labels, masks, image.shape[:2]))
@@ -223,4 +238,4 @@ def build_torchvision_detector(settings: DetectorSettings, storage: StorageSetti
         model, categories, info = load_pretrained(settings.model)
     else:
         model, categories, info = load_artifact(_resolve(settings.model, storage))
-    return TorchvisionDetector(model, categories, info, settings)
+    return TorchvisionDetector(model, categories, info, settings, in_model_filter=settings.in_model_filter)

@@ -1,0 +1,350 @@
+"""``python -m devstack.bench pipeline``: the end-to-end benchmark of the streaming system.
+
+It starts redis-server and moto's S3+SQS server on loopback (or attaches: ``--broker-url`` for
+Redis, ``AWS_ENDPOINT_URL`` with its credentials for S3+SQS), puts the devstack S3 proxy in front of
+S3 (it counts requests; ``--s3-latency-ms`` adds latency), starts the producer and the workers with
+the README's production command lines (``devstack.demo.worker_argv``; how many and their concurrency
+are flags), uploads ``--images`` synthetic scene JPEGs and waits for every result. Then it stops the
+stack and runs the same models in one process over the same objects fetched from the same endpoint
+(``devstack.bench_inprocess``), and prints one table (devstack/bench_figures.py); ``--json`` writes
+every figure. The last line is ``efficiency X.XX``: end-to-end images/s over in-process images/s.
+
+Two warm-up images go through first (models load on a worker's first task); CPU time, S3 requests
+and batch sizes count from after them.
+
+    python -m devstack.bench pipeline --images 200                       # the baseline in docs/benchmarks.md
+    python -m devstack.bench pipeline --images 200 --s3-latency-ms 20    # S3 20 ms away
+    python -m devstack.bench pipeline --detect-workers 2 --worker-env VP_WORKER__THREADS=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from devstack import bench_figures as figs
+from devstack.demo import (
+    Process,
+    start_process,
+    stop_process,
+    wait_until,
+    worker_argv,
+    worker_ready,
+)
+from workers.messages import DETECT_TASK
+
+log = logging.getLogger("devstack.bench")
+WARMUP = 2
+
+
+@contextlib.contextmanager
+def endpoints(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str], int | None]]:
+    """(broker URL, AWS variables, moto's pid or None): started here unless the flags/environment name them."""
+    from devstack.servers import aws_env, moto_server, redis_server
+
+    with contextlib.ExitStack() as stack:
+        broker = args.broker_url or stack.enter_context(redis_server()).url
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        moto_pid = None
+        if endpoint:
+            aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        else:
+            moto = stack.enter_context(moto_server())
+            aws = aws_env(moto.endpoint_url)
+            moto_pid = figs.pid_of_server("moto.server", moto.port)
+        yield broker, aws, moto_pid
+
+
+def upload_scenes(s3, bucket: str, scenes: list[tuple[str, bytes]]) -> dict[str, float]:
+    """PUT each (key, bytes); returns key -> time.time() when S3 had it."""
+    out = {}
+    for key, data in scenes:
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/jpeg")
+        out[key] = time.time()
+    return out
+
+
+def make_scenes(n: int, size: tuple[int, int], seed: int, prefix: str) -> list[tuple[str, bytes]]:
+    """(key, JPEG bytes) of ``n`` synthetic scenes of ``size`` (width, height)."""
+    import numpy as np
+
+    from vehicle_core.synthetic import encode, make_scene
+
+    rng = np.random.default_rng(seed)
+    return [(f"{prefix}{i:05d}.jpg", encode(make_scene(rng, size=size).image, ".jpg")) for i in range(n)]
+
+
+def wait_for_results(s3, bucket: str, keys: list[str], processes: list[Process], timeout: float) -> dict[str, dict]:
+    """Every key's result document, polling one LIST per round (the GETs only for new ones)."""
+    done: dict[str, dict] = {}
+    wanted = set(keys)
+
+    def all_done() -> bool:
+        for proc in processes:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="results/"):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len("results/") : -len(".json")]
+                if key in wanted and key not in done:
+                    done[key] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        return len(done) == len(wanted)
+
+    wait_until(all_done, timeout=timeout, what=f"{len(keys)} results", interval=0.5,
+               progress=lambda: f"{len(done)}/{len(keys)} results")
+    return done
+
+
+def start_workers(args: argparse.Namespace, env: dict[str, str], queue_url: str, log_dir: Path) -> list[Process]:
+    """Producers and workers with the README's command lines; returns them once every worker answers a ping."""
+    from devstack.demo import producer_argv
+    from vehicle_core.config import load_settings
+    from workers.messages import sender_app
+
+    root = Path(__file__).resolve().parents[1]
+    specs = [(f"detect-worker-{i}", worker_argv("detect", f"detect{i}@bench", concurrency=args.detect_concurrency))
+             for i in range(args.detect_workers)]
+    specs += [(f"classify-worker-{i}", worker_argv("classify", f"classify{i}@bench",
+                                                   concurrency=args.classify_concurrency))
+              for i in range(args.classify_workers)]
+    specs += [(f"producer-{i}", producer_argv(queue_url)) for i in range(args.producers)]
+    procs = [start_process(name, argv, env, log_dir, cwd=root) for name, argv in specs]
+    app = sender_app(load_settings(env={"VP_BROKER__URL": env["VP_BROKER__URL"]}).broker)
+    for name in [f"detect{i}@bench" for i in range(args.detect_workers)] + \
+                [f"classify{i}@bench" for i in range(args.classify_workers)]:
+        wait_until(lambda n=name: _check(procs) or worker_ready(app, n), timeout=args.timeout, what=f"worker {name}")
+    return procs
+
+
+def _check(procs: list[Process]) -> bool:
+    for proc in procs:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+    return False
+
+
+class Meter:
+    """CPU seconds of the stack's processes, S3 requests and log offsets, between two snapshots."""
+
+    def __init__(self, procs: list[Process], broker_url: str, moto_pid: int | None, proxy) -> None:
+        self.procs, self.broker_url, self.moto_pid, self.proxy = procs, broker_url, moto_pid, proxy
+        self.start: dict[str, Any] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        cpu: dict[str, float | None] = {p.name: figs.cpu_seconds(p.pid) for p in self.procs}
+        cpu["redis-server"] = self._redis_cpu()
+        cpu["moto (S3+SQS)"] = figs.cpu_seconds(self.moto_pid) if self.moto_pid else None
+        cpu["bench process (uploads, polling, S3 proxy)"] = figs.cpu_seconds(os.getpid())
+        return {"cpu": cpu, "s3": dict(self.proxy.counts) if self.proxy else None,
+                "logs": {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in self.procs}}
+
+    def _redis_cpu(self) -> float | None:
+        try:
+            import redis
+
+            info = redis.Redis.from_url(self.broker_url).info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        except Exception:  # noqa: BLE001 - a figure we cannot read is reported as n/a
+            return None
+
+    def since(self, start: dict[str, Any], end: dict[str, Any], n: int) -> dict[str, Any]:
+        deltas = [(name, None if end["cpu"][name] is None or start["cpu"].get(name) is None
+                   else end["cpu"][name] - start["cpu"][name]) for name in end["cpu"]]
+        s3 = None
+        if end["s3"] is not None:
+            s3 = {m: (c - start["s3"].get(m, 0)) / n for m, c in end["s3"].items() if c - start["s3"].get(m, 0)}
+        logs = {p.name: _read_from(p.log_path, start["logs"][p.name]) for p in self.procs}
+        detect_log = "".join(t for name, t in logs.items() if name.startswith("detect"))
+        classify_log = "".join(t for name, t in logs.items() if name.startswith("classify"))
+        detect = figs.batch_histogram(detect_log, r"detect batch: (\d+) images")
+        if not detect:  # the detect task takes one image per task (until it batches): count its tasks
+            tasks = len(re.findall(rf"Task {re.escape(DETECT_TASK)}\[[^\]]+\] succeeded", detect_log))
+            detect = {1: tasks} if tasks else {}
+        return {"cpu_s_per_image": figs.per_image(deltas, n), "s3_requests_per_image": s3,
+                "detect_batches": dict(detect),
+                "classify_batches": dict(figs.batch_histogram(classify_log, r"classify batch: (\d+) images"))}
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def run_inprocess(env: dict[str, str], bucket: str, keys: list[str], warmup: list[str], log_dir: Path) -> dict:
+    """The same models in one fresh process over the same objects (devstack/bench_inprocess.py)."""
+    out = log_dir / "inprocess.json"
+    argv = [sys.executable, "-m", "devstack.bench_inprocess", "--bucket", bucket, "--out", str(out),
+            "--keys", ",".join(keys), "--warmup", ",".join(warmup)]
+    with open(log_dir / "inprocess.log", "wb") as log_file:
+        done = subprocess.run(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
+                              cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"the in-process run failed ({done.returncode}); see {log_dir / 'inprocess.log'}")
+    return json.loads(out.read_text())
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; returns every figure (what ``--json`` writes)."""
+    import boto3
+
+    from devstack.demo import stack_env
+    from devstack.s3_proxy import s3_proxy
+    from devstack.servers import wire_bucket_notifications
+
+    log_dir = Path(args.log_dir).resolve()
+    classifier = _classifier(args)
+    width, height = args.size
+    log.info("making %d synthetic scenes of %dx%d", args.images, width, height)
+    scenes = make_scenes(args.images, (width, height), args.seed, "bench/")
+    warm = make_scenes(WARMUP, (width, height), args.seed + 1, "warmup/")
+    with endpoints(args) as (broker, aws, moto_pid), contextlib.ExitStack() as stack:
+        endpoint = aws["AWS_ENDPOINT_URL"]
+        proxy = None if args.no_proxy else stack.enter_context(s3_proxy(endpoint, latency_ms=args.s3_latency_ms))
+        session = boto3.Session(region_name=aws.get("AWS_DEFAULT_REGION", "us-east-1"),
+                                aws_access_key_id=aws.get("AWS_ACCESS_KEY_ID"),
+                                aws_secret_access_key=aws.get("AWS_SECRET_ACCESS_KEY"))
+        s3 = session.client("s3", endpoint_url=endpoint)  # the bench's own calls bypass the proxy's counters
+        s3.create_bucket(Bucket=args.bucket)
+        queue_url = wire_bucket_notifications(s3, session.client("sqs", endpoint_url=endpoint), args.bucket,
+                                              f"{args.bucket}-events")
+        # S3 calls of the stack go through the proxy (counted, delayed); SQS goes straight to the endpoint.
+        extra = {"VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "1",
+                 **({"AWS_ENDPOINT_URL_S3": proxy.endpoint_url} if proxy else {}), **dict(args.worker_env)}
+        env = stack_env(broker_url=broker, aws=aws, extra=extra)
+        procs = start_workers(args, env, queue_url, log_dir)
+        try:
+            meter = Meter(procs, broker, moto_pid, proxy)
+            uploaded = upload_scenes(s3, args.bucket, warm)
+            wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout)
+            start = meter.snapshot()
+            log.info("uploading %d images to s3://%s/bench/", args.images, args.bucket)
+            uploaded = upload_scenes(s3, args.bucket, scenes)
+            docs = wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout)
+            measured = meter.since(start, meter.snapshot(), args.images)
+        finally:
+            for proc in procs:
+                stop_process(proc)
+        log.info("all results in; the same models in one process over the same objects")
+        inproc = run_inprocess(env, args.bucket, [k for k, _ in scenes], [k for k, _ in warm], log_dir)
+    fig = figs.result_figures(docs, uploaded)
+    fig.update(measured)
+    fig.update(images=args.images, image_size=f"{width}x{height}", stack=_stack_text(args),
+               inprocess_images_per_s=inproc["images_per_s"], inprocess=inproc,
+               efficiency=fig["e2e_images_per_s"] / inproc["images_per_s"], machine=_machine())
+    return fig
+
+
+def _classifier(args: argparse.Namespace) -> Path:
+    if args.classifier:
+        return Path(args.classifier)
+    from training.quickstart import ensure_demo_classifier
+    from vehicle_core.config import load_settings
+
+    settings = load_settings()
+    return ensure_demo_classifier(Path(settings.storage.cache_dir).expanduser(), settings)
+
+
+def _stack_text(args: argparse.Namespace) -> str:
+    text = (f"{args.detect_workers} detect worker(s) -c {args.detect_concurrency}, {args.classify_workers} classify "
+            f"worker(s) -c {args.classify_concurrency}, {args.producers} producer(s)")
+    if args.s3_latency_ms:
+        text += f", S3 latency +{args.s3_latency_ms:g} ms"
+    if args.worker_env:
+        text += ", " + " ".join(f"{k}={v}" for k, v in args.worker_env)
+    return text
+
+
+def _machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} CPUs ({cpu}), load average {load:.1f} at the end, Python {platform.python_version()}"
+
+
+def print_report(fig: dict[str, Any]) -> None:
+    print(f"\nmachine: {fig['machine']}\n")
+    print("\n".join(figs.table_lines(fig)))
+    print(f"\nefficiency {fig['efficiency']:.2f}")
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 64 or int(h) < 64:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (each at least 64), got {text!r}")
+    return int(w), int(h)
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    from vehicle_core.cli_errors import OneLineParser
+
+    p = OneLineParser(prog="python -m devstack.bench", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("pipeline", help="end-to-end images/s of the whole stack vs the same models in one process")
+    b.add_argument("--images", type=_positive, default=200, help="synthetic scenes to upload (default 200)")
+    b.add_argument("--size", type=_size, default=(1280, 960), help="scene size WIDTHxHEIGHT (default 1280x960)")
+    b.add_argument("--seed", type=int, default=11)
+    b.add_argument("--detect-workers", type=_positive, default=1, help="detect worker commands (default 1)")
+    b.add_argument("--detect-concurrency", type=_positive, default=1, help="-c of each detect worker (default 1)")
+    b.add_argument("--classify-workers", type=_positive, default=1, help="classify worker commands (default 1)")
+    b.add_argument("--classify-concurrency", type=_positive, default=1, help="-c of each classify worker (default 1)")
+    b.add_argument("--producers", type=_positive, default=1, help="`vehicle-producer listen` processes (default 1)")
+    b.add_argument("--worker-env", type=_env_pair, action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of every stack process, e.g. VP_WORKER__THREADS=1 (repeatable)")
+    b.add_argument("--broker-url", help="attach to this Redis instead of starting redis-server")
+    b.add_argument("--bucket", default="vehicle-bench", help="bucket to create and upload to (default vehicle-bench)")
+    b.add_argument("--s3-latency-ms", type=float, default=0.0, help="latency the S3 proxy adds to every S3 request")
+    b.add_argument("--no-proxy", action="store_true", help="no S3 proxy (no request counts); e.g. for an https endpoint")
+    b.add_argument("--classifier", help="classifier artifact (default: the demo classifier, trained once and cached)")
+    b.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the workers, and for the results")
+    b.add_argument("--json", help="write every figure to this JSON file")
+    b.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-bench-logs"),
+                   help="where each process writes its log")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vehicle_core.cli_errors import configure_logging
+
+    args = parser().parse_args(argv)
+    configure_logging("INFO")
+    fig = run_pipeline(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=2, sort_keys=True, default=str))
+    print_report(fig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

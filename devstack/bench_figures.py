@@ -1,0 +1,163 @@
+"""The figures of ``python -m devstack.bench pipeline``: CPU time of processes, batch histograms from
+worker logs, latency and stage statistics of result documents, and the printed table.
+
+Kept apart from the orchestration (devstack/bench.py) so each part fits in one reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+STAGES = ("decode", "detect", "crop", "classify")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and all its descendants (alive or reaped); None if gone."""
+    try:
+        import psutil
+    except ImportError:
+        return _proc_cpu_seconds(pid)
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                c = child.cpu_times()
+                total += c.user + c.system  # reaped grandchildren are in children_* above
+        return total
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """/proc fallback (Linux) when psutil is absent: the process and its live children."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime are fields 14-17 of stat; here counted from after "(comm)".
+        return sum(int(v) for v in fields[11:15]) / tick
+
+    try:
+        total = own(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += own(int(child))
+        return total
+    except (OSError, ValueError):
+        return None
+
+
+def pid_of_server(needle: str, port: int) -> int | None:
+    """The pid of a local process whose command line holds ``needle`` and ``port`` (moto's server)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if any(needle in part for part in cmd) and str(port) in cmd:
+            return proc.pid
+    return None
+
+
+def batch_histogram(log_text: str, pattern: str) -> Counter:
+    """Counter of the sizes N in log lines matching ``pattern`` (a regex with one group for N)."""
+    return Counter(int(m.group(1)) for m in re.finditer(pattern, log_text))
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch of a result's ``processed_at`` (ISO 8601, ``Z``)."""
+    return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values`` by linear interpolation; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def result_figures(docs: dict[str, dict], uploaded_at: dict[str, float]) -> dict[str, Any]:
+    """Throughput, latency, queue overhead and per-stage times of the result documents of one run."""
+    done = [parse_time(d["processed_at"]) for d in docs.values()]
+    latency = {k: parse_time(d["processed_at"]) - uploaded_at[k] for k, d in docs.items()}
+    # Time an image spent neither in a model nor in decoding/cropping: queues, transport, S3 calls.
+    stage_s = {k: sum(float(v) for name, v in d.get("timings_ms", {}).items() if name != "total") / 1000
+               for k, d in docs.items()}
+    overhead = [latency[k] - stage_s[k] for k in docs]
+    span = max(done) - min(done) if len(done) > 1 else 0.0
+    stages = {name: statistics.median(vals) for name in STAGES
+              if (vals := [float(d["timings_ms"][name]) for d in docs.values() if name in d.get("timings_ms", {})])}
+    return {
+        "results": len(docs),
+        "status": dict(Counter(d.get("status", "?") for d in docs.values())),
+        "e2e_images_per_s": (len(done) - 1) / span if span > 0 else float("nan"),
+        "wall_images_per_s": len(done) / (max(done) - min(uploaded_at.values())) if done else float("nan"),
+        "latency_s_median": statistics.median(latency.values()),
+        "latency_s_p99": percentile(list(latency.values()), 0.99),
+        "queue_overhead_ms_median": 1000 * statistics.median(overhead),
+        "stage_ms_median": stages,
+    }
+
+
+def histogram_text(hist: Counter | dict, empty: str) -> str:
+    """``"16×9, 15×1"``: batch size × how many batches, largest first."""
+    if not hist:
+        return empty
+    return ", ".join(f"{size}×{count}" for size, count in sorted(((int(k), v) for k, v in hist.items()), reverse=True))
+
+
+def table_lines(fig: dict[str, Any]) -> list[str]:
+    """The benchmark's table (Markdown), from the figures ``devstack.bench`` collected."""
+    rows: list[tuple[str, str]] = [
+        ("images (size)", f"{fig['images']} ({fig['image_size']}), results {_status(fig['status'])}"),
+        ("stack", fig["stack"]),
+        ("end-to-end images/s (steady: first to last processed_at)", f"{fig['e2e_images_per_s']:.2f}"),
+        ("end-to-end images/s (first upload to last result)", f"{fig['wall_images_per_s']:.2f}"),
+        ("in-process images/s (fetch + VehiclePipeline, one process)", f"{fig['inprocess_images_per_s']:.2f}"),
+        ("efficiency (end-to-end steady / in-process)", f"{fig['efficiency']:.2f}"),
+        ("upload → result latency, median / p99 (s)", f"{fig['latency_s_median']:.2f} / {fig['latency_s_p99']:.2f}"),
+        ("queue overhead per image, median (ms; latency − stage times)", f"{fig['queue_overhead_ms_median']:.0f}"),
+    ]
+    for name, ms in fig["stage_ms_median"].items():
+        rows.append((f"stage {name}, median ms per image (timings_ms)", f"{ms:.1f}"))
+    for name, secs in fig["cpu_s_per_image"].items():
+        rows.append((f"CPU-seconds per image: {name}", "n/a" if secs is None else f"{secs:.3f}"))
+    s3 = fig.get("s3_requests_per_image")
+    rows.append(("S3 requests per image (workers + producer, via proxy)",
+                 "n/a (no proxy)" if s3 is None else _requests(s3)))
+    rows.append(("detect batches (size×count)", histogram_text(fig["detect_batches"], "none logged")))
+    rows.append(("classify batches, images (size×count)", histogram_text(fig["classify_batches"], "none logged")))
+    width = max(len(name) for name, _ in rows)
+    out = [f"| {'figure':<{width}} | value |", f"| {'-' * width} | --- |"]
+    out += [f"| {name:<{width}} | {value} |" for name, value in rows]
+    return out
+
+
+def _status(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def _requests(per_method: dict[str, float]) -> str:
+    total = sum(per_method.values())
+    return f"{total:.2f} (" + ", ".join(f"{m} {v:.2f}" for m, v in sorted(per_method.items())) + ")"
+
+
+def per_image(deltas: Iterable[tuple[str, float | None]], n: int) -> dict[str, float | None]:
+    """name -> CPU seconds per image (None where a process could not be measured)."""
+    return {name: None if d is None else d / max(1, n) for name, d in deltas}
