@@ -1,8 +1,10 @@
 """Labelled images on S3 (or a local folder) as a streaming ``tf.data`` pipeline.
 
-Two layouts are read:
+Three layouts are read:
 
-* folders, as ``keras.utils.image_dataset_from_directory`` expects: ``<root>/<split>/<label>/<file>``;
+* folders per split: ``<root>/<split>/<label>/<file>`` (splits train, val, test);
+* folders per label, as ``keras.utils.image_dataset_from_directory`` expects: ``<root>/<label>/<file>``,
+  each image's split decided by a seeded hash of its path (70/15/15);
 * a CSV manifest ``key,label[,split]`` (a header row is optional); keys are relative to the CSV's
   folder or full ``s3://`` URIs.
 
@@ -13,6 +15,7 @@ so nothing is downloaded in full first. Unreadable images are skipped and listed
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 from collections import Counter
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vehicle_core.classifier import letterbox
-from vehicle_core.errors import VehiclePipelineError
+from vehicle_core.errors import ConfigError, VehiclePipelineError
 from vehicle_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -80,17 +83,41 @@ def index_dataset(root: str, reader: ObjectStore) -> DatasetIndex:
 
 
 def _index_folders(root: str, reader: ObjectStore) -> DatasetIndex:
+    """``<split>/<label>/<file>`` when every top folder is a split name, else Keras's plain
+    ``<label>/<file>`` with each image's split drawn from a seeded hash of its path."""
+    entries = [(info.uri, info.uri[len(root) + 1 :].strip("/").split("/")) for info in reader.list(root + "/")]
+    tops = {parts[0] for _, parts in entries if len(parts) >= 2}
+    split_layout = bool(tops) and tops <= set(SPLITS)
     examples, labels_seen = [], {}
-    for info in reader.list(root + "/"):
-        uri = info.uri
-        parts = uri[len(root) + 1 :].strip("/").split("/")
-        if len(parts) < 2:
-            continue
-        split, label = parts[0], parts[1]
-        labels_seen.setdefault(split, set()).add(label)  # folder markers name empty classes too
-        if len(parts) >= 3 and not uri.endswith("/") and uri.lower().endswith(IMAGE_SUFFIXES):
-            examples.append(Example(uri, label, split))
+    for uri, parts in entries:
+        if split_layout and len(parts) >= 2:
+            split, label = parts[0], parts[1]
+            labels_seen.setdefault(split, set()).add(label)  # folder markers name empty classes too
+            if len(parts) >= 3 and not uri.endswith("/") and uri.lower().endswith(IMAGE_SUFFIXES):
+                examples.append(Example(uri, label, split))
+        elif not split_layout and len(parts) == 2 and not uri.endswith("/") and uri.lower().endswith(IMAGE_SUFFIXES):
+            split = seeded_split("/".join(parts))
+            labels_seen.setdefault(split, set()).add(parts[0])
+            examples.append(Example(uri, parts[0], split))
+    if not examples:
+        raise ConfigError(f"no labelled images under {root}: looked for <split>/<label>/<image> "
+                          f"(splits {', '.join(SPLITS)}) and <label>/<image>, images ending in "
+                          f"{', '.join(IMAGE_SUFFIXES)}; or pass a CSV manifest (key,label[,split])")
+    if not split_layout:
+        log.info("%s has no split folders: %s of each image's path decides its split (%.0f%% val, %.0f%% test)",
+                 root, "a seeded hash", 100 * VAL_FRACTION, 100 * TEST_FRACTION)
     return _finish(root, examples, labels_seen)
+
+
+VAL_FRACTION, TEST_FRACTION = 0.15, 0.15
+
+
+def seeded_split(relative_path: str, seed: int = 0) -> str:
+    """train, val or test for an image of a plain ``<label>/<file>`` root: a stable hash of its path
+    (the same image lands in the same split on every run and machine, whatever the listing order)."""
+    digest = hashlib.sha256(f"{seed}:{relative_path}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < TEST_FRACTION else "val" if u < TEST_FRACTION + VAL_FRACTION else "train"
 
 
 def _index_csv(root: str, reader: ObjectStore) -> DatasetIndex:

@@ -77,3 +77,28 @@ def test_cache_dir_serves_repeated_reads_without_s3(s3, bucket, storage, tmp_pat
     assert reader.read(f"s3://{bucket}/a.bin") == b"payload"
     s3.delete_object(Bucket=bucket, Key="a.bin")
     assert reader.read(f"s3://{bucket}/a.bin") == b"payload"
+
+
+def test_a_plain_label_folder_root_is_split_by_a_seeded_hash(tmp_path):
+    from training.dataset import seeded_split
+
+    # Given: Keras's <label>/<file> layout, no split folders
+    for label in ("bus", "sedan"):
+        (tmp_path / label).mkdir()
+        for i in range(40):
+            (tmp_path / label / f"{i:03d}.jpg").write_bytes(b"x")
+    index = index_dataset(str(tmp_path), ObjectStore())
+    # Then: every image is indexed with its label, split 70/15/15 the same way every time
+    assert len(index.examples) == 80 and index.class_names == ["bus", "sedan"]
+    counts = {split: len(index.split(split)) for split in ("train", "val", "test")}
+    assert sum(counts.values()) == 80 and all(counts[s] > 0 for s in counts) and counts["train"] > 40
+    assert all(e.split == seeded_split(f"{e.label}/{e.uri.rsplit('/', 1)[1]}") for e in index.examples)
+
+
+def test_an_empty_dataset_names_its_root_and_the_layouts_looked_for(tmp_path):
+    from vehicle_core.errors import ConfigError
+
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ConfigError, match=str(tmp_path)) as exc:
+        index_dataset(str(tmp_path), ObjectStore())
+    assert "<label>/<image>" in exc.value.message and "<split>/<label>/<image>" in exc.value.message
