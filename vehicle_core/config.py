@@ -50,6 +50,7 @@ class DetectorSettings:
     same_vehicle_iou: float
     vehicle_classes: list[str]
     batch_size: int
+    allow_pickle: bool = False  # see defaults.yaml; defaulted so older DetectorSettings(...) calls still build
 
 
 @dataclass(frozen=True)
