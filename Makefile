@@ -32,16 +32,18 @@ detectron2:
 	  exit 0; \
 	fi; \
 	set -e; \
-	$(BIN)/pip install --quiet 'setuptools<81' wheel; \
-	key=$$($(BIN)/python -c 'import sys, torch; print(f"detectron2-$(D2_COMMIT)-torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}")'); \
+	key=$$($(BIN)/python -c 'import sys; from importlib.metadata import version; print("detectron2-$(D2_COMMIT)-torch" + version("torch") + "-py%d%d" % sys.version_info[:2])'); \
 	dir="$(WHEEL_CACHE)/$$key"; \
+	if [ -f "$(VENV)/.$$key" ]; then echo "Detectron2 $$key already installed"; exit 0; fi; \
+	$(BIN)/pip install --quiet 'setuptools<81' wheel; \
 	if ! ls "$$dir"/detectron2-*.whl >/dev/null 2>&1; then \
 	  echo "Building Detectron2 $(D2_COMMIT) from $(D2_TARBALL) (a few minutes, once; cached in $$dir)"; \
 	  mkdir -p "$(WHEEL_CACHE)"; tmp=$$(mktemp -d "$(WHEEL_CACHE)/.build-XXXXXX"); chmod 755 "$$tmp"; \
 	  $(BIN)/pip wheel --quiet --no-build-isolation --no-deps -w "$$tmp" "$(D2_TARBALL)"; \
 	  rm -rf "$$dir"; mv "$$tmp" "$$dir"; \
 	fi; \
-	$(BIN)/pip install --quiet "$$dir"/detectron2-*.whl
+	$(BIN)/pip install --quiet "$$dir"/detectron2-*.whl; \
+	touch "$(VENV)/.$$key"
 
 ## Start Redis, an S3+SQS server, Flower, the producer and both workers on loopback; upload synthetic
 ## images; print their results. Pass flags with ARGS, e.g. `make demo ARGS=--stay-up`.
