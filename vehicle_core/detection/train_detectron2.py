@@ -27,6 +27,7 @@ from vehicle_core.detection.detectron2_backend import (
     build_model,
     coco_thing_classes,
     export_artifact,
+    load_weights,
 )
 from vehicle_core.detection.train_synthetic import SCENE, SIZE
 from vehicle_core.synthetic import make_scene
@@ -92,21 +93,35 @@ def _input(scene, classes: list[str] | None = None) -> dict:
     return out
 
 
-def train(seed: int, steps: int, minutes: float, batch: int = 4):
-    """(cfg, trained model in eval mode, steps run)."""
+def _lr(max_lr: float, progress: float, warmup: float) -> float:
+    """Linear warm-up, then cosine decay to zero at ``progress`` 1."""
+    if progress < warmup:
+        return max_lr * max(progress / warmup, 0.02)
+    return max_lr * 0.5 * (1 + np.cos(np.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | None = None, max_lr: float = 2e-3):
+    """(cfg, trained model in eval mode, steps run). ``init``: an artifact to continue from.
+
+    The learning rate follows whichever budget, steps or minutes, is nearer its end, so that a run cut
+    short by the clock (a busy shared CPU) still ends annealed."""
     from detectron2.utils.events import EventStorage
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = small_cfg()
     classes = coco_thing_classes()
-    model = build_model(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
-    deadline = time.monotonic() + minutes * 60
+    model = build_model(cfg)
+    if init is not None:
+        load_weights(model, str(init / "model.pth"), allow_pickle=False)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=1e-4)
+    start = time.monotonic()
     step = 0
     with EventStorage(0) as storage:  # the ROI heads log training statistics into one
-        while step < steps and time.monotonic() < deadline:
+        while (progress := max(step / steps, (time.monotonic() - start) / (minutes * 60))) < 1:
+            for group in opt.param_groups:
+                group["lr"] = _lr(max_lr, progress, warmup=0.0 if init else 0.05)
             losses = model([_input(make_scene(rng, **SCENE), classes) for _ in range(batch)])
             loss = sum(losses.values())
             opt.zero_grad()
@@ -114,7 +129,6 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4):
             # Random initialisation: an early outlier batch must not blow the weights up.
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
-            sched.step()
             step += 1
             storage.iter = step
             if step % 50 == 0:
@@ -127,6 +141,9 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4):
 def evaluate(model, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str, float]:
     """Recall (IoU >= 0.5, right COCO class) and precision at ``threshold`` on ``n`` fresh scenes."""
     classes = coco_thing_classes()
+    # Boxes under the threshold are not scored; not producing them spares pasting their masks.
+    predictor = model.roi_heads.box_predictor
+    saved, predictor.test_score_thresh = predictor.test_score_thresh, threshold
     rng = np.random.default_rng(seed)
     truths = found = matched_truth = matched_pred = 0
     for _ in range(n):
@@ -145,6 +162,7 @@ def evaluate(model, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str
                     matched_truth += 1
                     break
         matched_pred += len(used)
+    predictor.test_score_thresh = saved
     return {"recall_iou50": round(matched_truth / max(1, truths), 3),
             "precision_iou50": round(matched_pred / max(1, found), 3), "eval_scenes": n}
 
@@ -171,13 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--minutes", type=float, default=12.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init", type=Path, help="artifact directory to continue training from")
+    p.add_argument("--lr", type=float, default=2e-3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg, model, steps = train(args.seed, args.steps, args.minutes)
+    cfg, model, steps = train(args.seed, args.steps, args.minutes, init=args.init, max_lr=args.lr)
     metrics = evaluate(model, seed=args.seed + 10_000)
     metrics.update({"train_steps": steps, "cpu_threads": args.threads,
                     "cpu_ms_per_image_batch1": time_cpu(model, 1), "cpu_ms_per_image_batch8": time_cpu(model, 8)})
-    export_artifact(model, cfg, args.out, NAME, f"seed{args.seed}-steps{steps}", metrics=metrics)
+    version = f"seed{args.seed}-steps{steps}"
+    if args.init is not None:
+        version = json.loads((args.init / "manifest.json").read_text())["version"] + "+" + version
+    export_artifact(model, cfg, args.out, NAME, version, metrics=metrics)
     print(json.dumps(metrics))
 
 
