@@ -139,7 +139,7 @@ def flower_argv(port: int) -> list[str]:
 
 def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of every stack process: our settings as VP_* variables plus the AWS endpoint."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VP_")}
+    env = dict(os.environ)  # the user's VP_* settings reach every process (the stack's own come after)
     env.update(aws)
     env.update({"VP_BROKER__URL": broker_url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     env.update(extra or {})

@@ -56,6 +56,7 @@ class DetectorSettings:
     vehicle_classes: list[str]
     batch_size: int
     in_model_filter: bool = True
+    allow_pickle: bool = False  # see defaults.yaml; defaulted so older DetectorSettings(...) calls still build
 
 
 @dataclass(frozen=True)
