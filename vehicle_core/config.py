@@ -107,6 +107,9 @@ class ProducerSettings:
     max_queue_depth: int
     pause_poll_s: float
     input_prefixes: list[str]
+    enqueue_batch: int
+    checkpoint_every: int
+    list_concurrency: int
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "images.max_pixels": (lambda v: v > 0, "positive"),
     "images.max_bytes": (lambda v: v > 0, "positive"),
     "producer.wait_time_s": (lambda v: 0 <= v <= 20, "between 0 and 20 (SQS limit)"),
+    "producer.enqueue_batch": (lambda v: v >= 1, "at least 1"),
+    "producer.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "producer.list_concurrency": (lambda v: 1 <= v <= 64, "between 1 and 64"),
     "training.mixed_precision": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
     "training.dropout": (lambda v: 0.0 <= v < 1.0, "between 0 and 1"),
     "results.prefix": (lambda v: bool(v), "a non-empty prefix (results must never overwrite inputs)"),

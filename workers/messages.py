@@ -9,6 +9,7 @@ it never imports ``workers.tasks`` and the model code behind it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,3 +54,32 @@ def enqueue_image(app: Celery, source: SourceRef) -> str:
     The queues come from ``app.conf.task_routes`` (detect and classify queues in the broker settings).
     """
     return image_chain(app, source).apply_async().parent.id
+
+
+def enqueue_images(app: Celery, sources: Sequence[SourceRef], *, producer=None) -> list[str]:
+    """Send many images down the chain in one Redis round trip; return the detect tasks' ids.
+
+    The very messages :func:`enqueue_image` sends (``image_chain(...).apply_async``), published
+    through kombu's ``Producer.batch()``: on the Redis transport the LPUSHes (and the sent events
+    Flower reads) go out in one non-transactional pipeline when the batch closes. ``retry=False``:
+    a broker failure raises at once, so the caller decides (the listener keeps its SQS message, a
+    backfill stops and its checkpoint still points before this batch). ``producer``: a kombu producer
+    to reuse across batches (``app.producer_pool.acquire()``); by default one is taken from the pool.
+    """
+    if not sources:
+        return []
+    if producer is None:
+        with app.producer_or_acquire() as acquired:
+            return enqueue_images(app, sources, producer=acquired)
+    ids = []
+    with producer.batch(max_size=2 * len(sources) + 2):  # two Redis commands per image: LPUSH + event
+        for source in sources:
+            # chain.apply_async() drops a ``producer`` argument (it acquires one from the pool), so the
+            # chain is frozen (ids, root id: what chain.run does) and its first task sent with the
+            # rest as its ``chain`` option: the same message, through this producer's batch.
+            steps = image_chain(app, source)
+            steps.freeze()
+            detect, *rest = steps.tasks
+            detect.apply_async(producer=producer, retry=False, chain=rest[::-1])
+            ids.append(detect.id)
+    return ids
