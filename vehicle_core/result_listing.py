@@ -11,10 +11,12 @@ A listing carries each object's LastModified but no user metadata, so the rule r
 * result older than the source (whole seconds) -> ``stale``: written for an earlier upload;
 * result newer than the source -> it describes this upload (the result writer HEADs the source and
   drops a result whose source changed), unless a retry marker (``<result key>.retry``, written
-  after a retriable error result) is at least as new as the result -> ``retriable``;
-* same second: LastModified has a 1-second granularity, so the listing cannot order them; one HEAD
-  of the result reads its metadata stamp and :func:`vehicle_core.results.why_not_done` decides
-  (a GET only for a result written before stamps existed).
+  after a retriable error result) is newer than the result -> ``retriable``; a marker older than
+  the result was overtaken by a later final result;
+* same second (source and result, or result and marker): LastModified has a 1-second granularity,
+  so the listing cannot order them; one HEAD of the result reads its metadata stamp and
+  :func:`vehicle_core.results.why_not_done` decides (a GET only for a result written before stamps
+  existed). A retriable error result usually meets its marker in the same second: one HEAD each.
 
 Caveats: the result writer's HEAD-then-PUT race (docs in ``workers/result_writer.py``) is inherited;
 a worker killed between a retriable error result and its marker leaves that error looking done
@@ -78,12 +80,13 @@ class ResultIndex:
         if result is None:
             return MISSING
         source_t, result_t = _second(source.last_modified), _second(result.last_modified)
-        if self.verify or source_t is None or result_t is None or source_t == result_t:
-            self.heads += 1
+        marker_t = _second(marker.last_modified) if marker is not None else None
+        if self.verify or source_t is None or result_t is None or source_t == result_t or marker_t == result_t:
+            self.heads += 1  # the listing cannot order them: the result's stamp decides
             return why_not_done(read_stamp(self.store, f"s3://{self.bucket}/{result.key}"), source.etag)
         if result_t < source_t:
             return STALE
-        if marker is not None and (_second(marker.last_modified) or result_t) >= result_t:
+        if marker_t is not None and marker_t > result_t:
             return RETRIABLE
         return None
 

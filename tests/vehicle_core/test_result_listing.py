@@ -38,7 +38,7 @@ def test_reasons_from_timestamps_and_markers_without_a_head():
     # Given: sources at second 10; results newer, older, newer with a marker, newer with an older marker
     sources = [_at(k, 10) for k in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg")]
     results = [_at("results/a.jpg.json", 20), _at("results/b.jpg.json", 5), _at("results/c.jpg.json", 20),
-               _at(retry_marker_key("c.jpg", P), 20), _at("results/d.jpg.json", 30),
+               _at(retry_marker_key("c.jpg", P), 21), _at("results/d.jpg.json", 30),
                _at(retry_marker_key("d.jpg", P), 20)]
     index, store = _index(results)
     # When / Then: done, stale, retriable, done (the marker predates the final result), missing
@@ -47,14 +47,16 @@ def test_reasons_from_timestamps_and_markers_without_a_head():
 
 
 def test_same_second_results_are_settled_by_one_head_of_their_stamp():
-    sources = [_at("a.jpg", 10, "e1"), _at("b.jpg", 10, "e2"), _at("c.jpg", 10, "e3")]
-    results = [_at("results/a.jpg.json", 10), _at("results/b.jpg.json", 10), _at("results/c.jpg.json", 10)]
+    sources = [_at("a.jpg", 10, "e1"), _at("b.jpg", 10, "e2"), _at("c.jpg", 10, "e3"), _at("d.jpg", 5, "e4")]
+    results = [_at("results/a.jpg.json", 10), _at("results/b.jpg.json", 10), _at("results/c.jpg.json", 10),
+               _at("results/d.jpg.json", 20), _at(retry_marker_key("d.jpg", P), 20)]
     stamps = {"s3://b/results/a.jpg.json": ResultStamp("e1", "ok"),
               "s3://b/results/b.jpg.json": ResultStamp("old", "ok"),
-              "s3://b/results/c.jpg.json": ResultStamp("e3", "error", "storage_unavailable")}
+              "s3://b/results/c.jpg.json": ResultStamp("e3", "error", "storage_unavailable"),
+              "s3://b/results/d.jpg.json": ResultStamp("e4", "ok")}  # a final result in its marker's second
     index, store = _index(results, stamps)
-    assert [index.reason(s) for s in sources] == [None, STALE, RETRIABLE]
-    assert index.heads == 3 and len(store.asked) == 3
+    assert [index.reason(s) for s in sources] == [None, STALE, RETRIABLE, None]
+    assert index.heads == 4 and len(store.asked) == 4
 
 
 def test_keys_whose_order_changes_with_the_json_suffix_still_meet_their_results():
