@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -114,7 +115,7 @@ class _ShardWalker:
         index = self._result_index(shard, after) if self.opts.skip_done else None
         pending = _Walk()
         try:
-            with self.app.producer_or_acquire() as producer:
+            with nullcontext() if self.opts.dry_run else self.app.producer_or_acquire() as producer:
                 for position, info in shard.items(after):
                     if self.stop.is_set():
                         break
