@@ -15,8 +15,8 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from producer.checkpoint import Checkpoint
