@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench install quickstart
+.PHONY: demo test lint bench bench-enqueue install quickstart
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ quickstart: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)
+
+## Enqueue throughput into a throwaway redis-server: one message per round trip vs batched (ARGS=--keys N).
+bench-enqueue: $(BIN)/.installed
+	$(BIN)/python -m producer.bench_enqueue --start-redis $(ARGS)

@@ -24,8 +24,10 @@ FORMAT = 1
 class Checkpoint:
     """Positions per shard, loaded from ``location`` (a path or ``s3://`` URI; None: kept in memory only)."""
 
-    def __init__(self, location: str | None, store: ObjectStore, *, source: str, every: int) -> None:
+    def __init__(self, location: str | None, store: ObjectStore, *, source: str, every: int,
+                 read_only: bool = False) -> None:
         self.location = location
+        self.read_only = read_only
         self.store = store
         self.source = source  # what is walked: a refused resume of another prefix is better than a silent one
         self.every = every
@@ -69,7 +71,7 @@ class Checkpoint:
 
     def _save(self) -> None:
         self._since_save = 0
-        if not self.location:
+        if not self.location or self.read_only:
             return
         doc = {"format": FORMAT, "source": self.source, "positions": self._positions, "done": sorted(self._done)}
         body = json.dumps(doc, ensure_ascii=False, indent=1).encode()

@@ -61,7 +61,9 @@ def _backfill(args, settings) -> int:
     if args.concurrency:
         overrides["list_concurrency"] = args.concurrency
     opts = BackfillOptions.from_settings(settings, bucket, prefix, **overrides)
-    checkpoint = Checkpoint(args.checkpoint, store, source=source, every=settings.producer.checkpoint_every)
+    # A dry run reads the checkpoint's positions (to show what a resume would send) but never writes it.
+    checkpoint = Checkpoint(args.checkpoint, store, source=source, every=settings.producer.checkpoint_every,
+                            read_only=args.dry_run)
     if checkpoint.resumed:
         print(f"resuming from {args.checkpoint}")
     app = sender_app(settings.broker)
