@@ -87,19 +87,31 @@ def _run(argv, env, kill_when=None) -> dict:
     t0 = time.monotonic()
     out = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    peak = None
     if kill_when is not None:
         wait_until(lambda: kill_when() or proc.poll() is not None, timeout=3600, what="half way", interval=0.05)
+        peak = _vm_hwm_mib(proc.pid)
         proc.send_signal(signal.SIGKILL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - t0
     out.seek(0)
     text = out.read().decode()
     requests = re.search(r"S3 requests (\d+)", text)
     listed = re.search(r"listed (\d+)|images (\d+)", text)
-    return {"seconds": seconds, "rss_mib": usage.ru_maxrss / 1024, "stdout": text, "rc": proc.returncode,
+    # The producer prints its own VmHWM: wait4's maxrss would include this process's RSS at fork.
+    printed = re.search(r"peak RSS ([\d.]+) MiB", text)
+    return {"seconds": seconds, "rss_mib": peak if printed is None else float(printed.group(1)), "stdout": text,
+            "rc": proc.returncode,
             "requests": int(requests.group(1)) if requests else None,
             "listed": int(next(g for g in listed.groups() if g)) if listed else None}
+
+
+def _vm_hwm_mib(pid: int) -> float | None:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def _queued_keys(client) -> Counter:
@@ -117,7 +129,8 @@ def _table(rows, keys: int) -> None:
     for name, r in rows:
         n = r["listed"] or keys
         per = f"{1000 * r['requests'] / max(n, 1):.2f}" if r["requests"] is not None else "(killed)"
-        print(f"{name:<34} {n:>8} {r['seconds']:>8.1f} {n / r['seconds']:>8.0f} {r['rss_mib']:>13.1f} {per:>18} {r['rc']}")
+        rss = f"{r['rss_mib']:.1f}" if r["rss_mib"] is not None else "?"
+        print(f"{name:<34} {n:>8} {r['seconds']:>8.1f} {n / r['seconds']:>8.0f} {rss:>13} {per:>18} {r['rc']}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import sys
 import time
+from pathlib import Path
 
 from vehicle_core.config import load_settings
 from vehicle_core.errors import VehiclePipelineError
@@ -82,7 +83,7 @@ def _backfill(args, settings) -> int:
     seconds = time.monotonic() - t0
     print(f"listed {stats.listed}, enqueued {stats.enqueued}, already done {stats.already_done}, "
           f"filtered {stats.filtered}, pauses {stats.pauses}" + (" (dry run)" if args.dry_run else ""))
-    print(f"{seconds:.1f} s, {stats.listed / max(seconds, 1e-9):.0f} keys/s listed; "
+    print(f"{seconds:.1f} s, {stats.listed / max(seconds, 1e-9):.0f} keys/s listed, peak RSS {peak_rss_mib():.1f} MiB; "
           + _requests_line(store, stats.listed))
     return 0
 
@@ -121,6 +122,20 @@ def _keys(args, settings):
     return keys
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM of /proc/self/status (getrusage's maxrss also counts
+    the parent's RSS at fork, kept across exec); getrusage where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _requests_line(store, keys: int) -> str:
     total = sum(store.requests.values())
     detail = ", ".join(f"{name} {count}" for name, count in sorted(store.requests.items()))
@@ -140,7 +155,8 @@ def _reconcile(args, settings) -> int:
                        found=None if args.quiet else lambda reason, info: print(f"{reason}\t{info.uri}"))
     reasons = ", ".join(f"{r} {report.reasons[r]}" for r in ("missing", "stale", "retriable"))
     print(f"images {report.images}, without a current result {report.not_done} ({reasons}), "
-          f"enqueued {report.enqueued}; {_requests_line(store, report.images)}", file=sys.stderr)
+          f"enqueued {report.enqueued}; peak RSS {peak_rss_mib():.1f} MiB; {_requests_line(store, report.images)}",
+          file=sys.stderr)
     return 1 if report.not_done else 0
 
 
