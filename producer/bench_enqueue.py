@@ -3,7 +3,8 @@
 Sends N synthetic images down the detect -> classify chain into a scratch queue, once one message
 per round trip (``enqueue_image``, the old path; at most ``--single-keys`` of them) and once in
 batches (``enqueue_images``, ``producer.enqueue_batch`` per round trip), checks that the queue holds
-exactly what was sent, and prints a table. The last line is ``enqueue <keys/s of the batched path>
+exactly what was sent, and prints a table: wall-clock keys/s, and the producer's own CPU time per key
+(keys per CPU-second: what one idle core would give, Redis aside). The last line is ``enqueue <keys/s of the batched path>
 keys/s``. ``--start-redis`` runs a throwaway redis-server on a free port (else ``--broker``, default:
 the configured broker). It lives in the producer because vehicle_core must not import Celery.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import platform
 import shutil
 import socket
@@ -40,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = [_time_single(app, client, queue, min(args.single_keys, args.keys)),
                 _time_batched(app, client, queue, args.keys, batch)]
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-    print(f"{'path':<38} {'keys':>9} {'seconds':>8} {'keys/s':>9}")
-    for name, keys, seconds in rows:
-        print(f"{name:<38} {keys:>9} {seconds:>8.2f} {keys / seconds:>9.0f}")
-    _, keys, seconds = rows[-1]
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'path':<38} {'keys':>9} {'seconds':>8} {'keys/s':>9} {'CPU µs/key':>11} {'keys/CPU-s':>11}")
+    for name, keys, seconds, cpu in rows:
+        print(f"{name:<38} {keys:>9} {seconds:>8.2f} {keys / seconds:>9.0f} {1e6 * cpu / keys:>11.0f} {keys / cpu:>11.0f}")
+    _, keys, seconds, _ = rows[-1]
     print(f"enqueue {keys / seconds:.0f} keys/s")
 
 
@@ -52,27 +55,27 @@ def _images(n: int) -> list[SourceRef]:
             for i in range(n)]
 
 
-def _time_single(app, client, queue: str, n: int) -> tuple[str, int, float]:
+def _time_single(app, client, queue: str, n: int) -> tuple[str, int, float, float]:
     client.delete(queue)
     images = _images(n)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for image in images:
         enqueue_image(app, image)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     _check(client, queue, n)
-    return "one at a time (enqueue_image)", n, seconds
+    return "one at a time (enqueue_image)", n, seconds, cpu
 
 
-def _time_batched(app, client, queue: str, n: int, batch: int) -> tuple[str, int, float]:
+def _time_batched(app, client, queue: str, n: int, batch: int) -> tuple[str, int, float, float]:
     client.delete(queue)
     images = _images(n)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with app.producer_or_acquire() as producer:
         for start in range(0, n, batch):
             enqueue_images(app, images[start:start + batch], producer=producer)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     _check(client, queue, n)
-    return f"batched (enqueue_images, {batch}/trip)", n, seconds
+    return f"batched (enqueue_images, {batch}/trip)", n, seconds, cpu
 
 
 def _check(client, queue: str, n: int) -> None:
