@@ -135,3 +135,15 @@ def test_reconcile_finds_missing_stale_and_retriable_results_and_nothing_else(s3
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "without a current result 0" in clean.stderr
 
+
+
+def test_the_cli_walks_an_inventory_and_refuses_skip_done_with_it(s3, bucket, aws_env, detect):
+    client, qname, settings = detect
+    uri = _write_report(s3, bucket, "CSV")
+    env = stack_env(broker_url=settings.broker.url, aws=aws_env, extra={"VP_BROKER__DETECT_QUEUE": qname})
+    argv = [sys.executable, "-m", "producer.cli", "backfill", "--inventory", uri, "--no-progress"]
+    refused = subprocess.run(argv + ["--skip-done"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--skip-done needs a key-ordered listing" in refused.stderr
+    done = subprocess.run(argv + ["--count-first"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "enqueued 152" in done.stdout and client.llen(qname) == 152
