@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench install quickstart detectron2
+.PHONY: demo test lint bench bench-enqueue install quickstart detectron2
 
 # Detectron2 is not on PyPI. Where the vendored source (shared/ beside the clone, as in CI) is present,
 # the install builds it once into a wheel cached per commit, torch and Python version, and installs that
@@ -68,3 +68,7 @@ quickstart: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)
+
+## Enqueue throughput into a throwaway redis-server: one message per round trip vs batched (ARGS=--keys N).
+bench-enqueue: $(BIN)/.installed
+	$(BIN)/python -m producer.bench_enqueue --start-redis $(ARGS)

@@ -245,15 +245,14 @@ def demo_images(count: int, seed: int) -> list[tuple[str, bytes, str | None]]:
 
 def collect_results(s3, bucket: str, keys: list[str], prefix: str = "results/") -> dict[str, dict]:
     """The result documents of ``keys`` that exist so far."""
-    import json
+    from vehicle_core.storage import ObjectStore
 
+    store = ObjectStore(client=s3)
     found = {}
     for key in keys:
-        try:
-            body = s3.get_object(Bucket=bucket, Key=f"{prefix}{key}.json")["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            continue
-        found[key] = json.loads(body)
+        document = store.get_json(f"s3://{bucket}/{prefix}{key}.json")
+        if document is not None:
+            found[key] = document
     return found
 
 

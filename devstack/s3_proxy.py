@@ -120,13 +120,23 @@ def _handler(proxy: S3Proxy):
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that went away (a killed worker): nothing to report
+        super().handle_error(request, client_address)
+
+
 @contextlib.contextmanager
 def s3_proxy(upstream: str, *, fault_rate: float = 0.0, latency_ms: float = 0.0,
              seed: int | None = None) -> Iterator[S3Proxy]:
     """Run a proxy to ``upstream`` on a free loopback port for the duration of the block."""
     proxy = S3Proxy(port=0, upstream=upstream, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(proxy))
     proxy.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="s3-proxy", daemon=True)
     thread.start()

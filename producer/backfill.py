@@ -1,7 +1,11 @@
 """``vehicle-producer backfill s3://bucket/prefix``: enqueue images that are already in the bucket.
 
-The listing is paginated (1,000 keys a page) and collected first, so the progress bar knows its
-total and shows rate and ETA. Enqueueing pauses while the detect queue holds more than
+Streaming: each shard (the prefix, or its sub-prefixes in parallel, or S3 Inventory data files) is
+walked page by page and enqueued while it is listed, ``producer.enqueue_batch`` messages per Redis
+round trip; memory is bounded by a page and a batch, not the bucket. ``--skip-done`` decides "done"
+from a results listing walked in step (:mod:`vehicle_core.result_listing`): no GET per result.
+``--checkpoint`` records each shard's position every ``producer.checkpoint_every`` keys; a rerun
+continues there. Enqueueing pauses while the detect queue holds more than
 ``producer.max_queue_depth`` messages, so a backfill of millions never floods Redis' memory.
 """
 
@@ -11,107 +15,183 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from producer.checkpoint import Checkpoint
 from producer.events import KeyFilter
-from vehicle_core.results import ResultStamp, SourceRef, is_done, source_key_of
-from vehicle_core.storage import ObjectStore
-from workers.messages import enqueue_image
+from producer.progress import Progress
+from producer.shards import Shard
+from vehicle_core.config import Settings
+from vehicle_core.result_listing import ResultIndex
+from vehicle_core.results import SourceRef
+from vehicle_core.storage import ObjectInfo, ObjectStore
+from workers.messages import enqueue_images
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackfillOptions:
+    """What to walk and how; the tunables come from settings (:meth:`from_settings`), never repeated here."""
+
     bucket: str
-    prefix: str = ""
-    keys: KeyFilter = field(default_factory=lambda: KeyFilter((".jpg",), "results/"))
+    prefix: str
+    keys: KeyFilter
+    results_bucket: str | None  # None: the source bucket
+    max_queue_depth: int
+    pause_poll_s: float
+    enqueue_batch: int
+    checkpoint_every: int
+    list_concurrency: int
     modified_since: dt.datetime | None = None
     skip_done: bool = False
     dry_run: bool = False
     limit: int | None = None
-    max_queue_depth: int = 5000
-    pause_poll_s: float = 2.0
-    results_bucket: str | None = None  # None: the source bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bucket: str, prefix: str = "", **overrides) -> BackfillOptions:
+        p = settings.producer
+        base = dict(keys=KeyFilter.from_settings(p, settings.results), results_bucket=settings.results.bucket,
+                    max_queue_depth=p.max_queue_depth, pause_poll_s=p.pause_poll_s, enqueue_batch=p.enqueue_batch,
+                    checkpoint_every=p.checkpoint_every, list_concurrency=p.list_concurrency)
+        return cls(bucket=bucket, prefix=prefix, **{**base, **overrides})
 
 
 @dataclass
 class BackfillStats:
     listed: int = 0
-    candidates: int = 0
+    filtered: int = 0
     already_done: int = 0
     enqueued: int = 0
     pauses: int = 0
+    result_heads: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def skipped(self) -> int:
+        return self.filtered + self.already_done
 
 
-def done_stamps(store: ObjectStore, bucket: str, results_prefix: str, prefix: str) -> dict[str, ResultStamp | None]:
-    """Source key -> what its current result says of itself, for every result under the prefix."""
-    out: dict[str, ResultStamp | None] = {}
-    for info in store.list(f"s3://{bucket}/{results_prefix}{prefix}"):
-        source_key = source_key_of(info.key, results_prefix)
-        if source_key is not None:
-            out[source_key] = ResultStamp.from_document(store.get_json(info.uri))
-    return out
+@dataclass
+class _Walk:
+    """One shard's pending work between two flushes."""
 
-
-def select(store: ObjectStore, opts: BackfillOptions, stats: BackfillStats) -> list[SourceRef]:
-    """The images to enqueue, in listing order, after every filter."""
-    done = done_stamps(store, opts.results_bucket or opts.bucket, opts.keys.results_prefix, opts.prefix) if opts.skip_done else {}
-    chosen: list[SourceRef] = []
-    for info in store.list(f"s3://{opts.bucket}/{opts.prefix}"):
-        stats.listed += 1
-        key = info.key
-        if opts.keys.why_not(key) or (opts.modified_since and info.last_modified < opts.modified_since):
-            continue
-        if opts.skip_done and is_done(done.get(key), info.etag):
-            stats.already_done += 1
-            continue
-        chosen.append(SourceRef(bucket=opts.bucket, key=key, etag=info.etag, size=info.size))
-        if opts.limit is not None and len(chosen) >= opts.limit:
-            break
-    stats.candidates = len(chosen)
-    return chosen
+    batch: list[SourceRef] = field(default_factory=list)
+    position: str | None = None
+    handled: int = 0  # keys listed since the last flush
+    filtered: int = 0
+    done: int = 0
 
 
 def run_backfill(
-    store: ObjectStore, app, opts: BackfillOptions, *, depth: Callable[[], int] | None = None,
-    stop: threading.Event | None = None, progress: bool = True,
+    store: ObjectStore, app, opts: BackfillOptions, shards: list[Shard], *, checkpoint: Checkpoint | None = None,
+    depth: Callable[[], int] | None = None, stop: threading.Event | None = None, progress: Progress | None = None,
 ) -> BackfillStats:
-    """Enqueue every selected image once; pause while ``depth()`` exceeds ``opts.max_queue_depth``."""
-    from tqdm import tqdm
-
+    """Walk every shard (``opts.list_concurrency`` at a time), enqueueing what passes the filters."""
     stats = BackfillStats()
     stop = stop or threading.Event()
-    images = select(store, opts, stats)
-    log.info("backfill s3://%s/%s: %d listed, %d to enqueue, %d already done%s", opts.bucket, opts.prefix,
-             stats.listed, len(images), stats.already_done, " (dry run)" if opts.dry_run else "")
-    if opts.dry_run:
-        for image in images:
-            print(f"would enqueue s3://{image.bucket}/{image.key} etag={image.etag}")
-        return stats
-    with tqdm(total=len(images), unit="img", desc="enqueue", disable=not progress) as bar:
-        for image in images:
-            if stop.is_set():
-                break
-            _wait_for_room(depth, opts, stats, stop, bar)
-            enqueue_image(app, image)
-            stats.enqueued += 1
-            bar.update(1)
+    checkpoint = checkpoint or Checkpoint(None, store, source="", every=opts.checkpoint_every)
+    progress = progress or Progress(None, enabled=False)
+    walker = _ShardWalker(store, app, opts, checkpoint, depth, stop, stats, progress)
+    with ThreadPoolExecutor(max(1, opts.list_concurrency), thread_name_prefix="backfill") as pool:
+        for future in [pool.submit(walker.walk, shard) for shard in shards]:
+            future.result()  # re-raises a shard's failure (after the others stop at their next batch)
+    checkpoint.save()
     return stats
 
 
-def _wait_for_room(depth, opts: BackfillOptions, stats: BackfillStats, stop: threading.Event, bar) -> None:
-    if depth is None:
-        return
-    paused = False
-    while not stop.is_set() and (current := depth()) > opts.max_queue_depth:
-        if not paused:
-            stats.pauses += 1
-            paused = True
-            bar.set_postfix_str(f"paused: detect queue {current} > {opts.max_queue_depth}")
-            log.info("detect queue holds %d > %d: pausing", current, opts.max_queue_depth)
-        stop.wait(opts.pause_poll_s)  # re-check the depth every pause_poll_s (throttling, not test sync)
-    if paused:
-        bar.set_postfix_str("")
+class _ShardWalker:
+    def __init__(self, store, app, opts: BackfillOptions, checkpoint: Checkpoint, depth, stop, stats, progress):
+        self.store, self.app, self.opts, self.checkpoint = store, app, opts, checkpoint
+        self.depth, self.stop, self.stats, self.progress = depth, stop, stats, progress
+        self.results_bucket = opts.results_bucket or opts.bucket
 
+    def walk(self, shard: Shard) -> None:
+        if self.checkpoint.is_done(shard.name) or self.stop.is_set():
+            return
+        after = self.checkpoint.position(shard.name)
+        index = self._result_index(shard, after) if self.opts.skip_done else None
+        pending = _Walk()
+        try:
+            with nullcontext() if self.opts.dry_run else self.app.producer_or_acquire() as producer:
+                for position, info in shard.items(after):
+                    if self.stop.is_set():
+                        break
+                    if not self._judge(info, index, pending):
+                        break
+                    pending.position = position
+                    if len(pending.batch) >= self.opts.enqueue_batch or pending.handled >= self.opts.checkpoint_every:
+                        self._flush(shard, pending, producer)
+                        pending = _Walk()
+                else:
+                    self._flush(shard, pending, producer)
+                    if not self.stop.is_set():
+                        self.checkpoint.finish(shard.name)
+                    return
+                self._flush(shard, pending, producer)
+        except BaseException:
+            self.stop.set()  # the other shards stop at their next key; the checkpoint stays before the failure
+            raise
+        finally:
+            if index is not None:
+                with self.stats.lock:
+                    self.stats.result_heads += index.heads
 
+    def _result_index(self, shard: Shard, after: str | None) -> ResultIndex:
+        results = shard.results(self.results_bucket, self.opts.keys.results_prefix, after)
+        if results is None:
+            raise ValueError(f"{shard.name} is not key-ordered: --skip-done needs a listing")
+        return ResultIndex(self.store, results, self.opts.keys.results_prefix, self.results_bucket)
+
+    def _judge(self, info: ObjectInfo, index: ResultIndex | None, pending: _Walk) -> bool:
+        """Filter, skip or batch one key; False when ``--limit`` is reached (the key is left for later)."""
+        opts = self.opts
+        if opts.keys.why_not(info.key) or (opts.modified_since and info.last_modified
+                                            and info.last_modified < opts.modified_since):
+            pending.filtered += 1
+        elif index is not None and index.reason(info) is None:
+            pending.done += 1
+        elif opts.limit is not None and self.stats.enqueued + len(pending.batch) >= opts.limit:
+            self.stop.set()
+            return False
+        else:
+            pending.batch.append(SourceRef(bucket=opts.bucket, key=info.key, etag=info.etag,
+                                           version_id=info.version_id, size=info.size))
+        pending.handled += 1
+        return True
+
+    def _flush(self, shard: Shard, pending: _Walk, producer) -> None:
+        """Send the batch, then move the checkpoint past it: never the other way round."""
+        if pending.batch:
+            if self.opts.dry_run:
+                for image in pending.batch:
+                    print(f"would enqueue s3://{image.bucket}/{image.key} etag={image.etag}")
+            else:
+                self._wait_for_room()
+                enqueue_images(self.app, pending.batch, producer=producer)
+        with self.stats.lock:
+            self.stats.listed += pending.handled
+            self.stats.filtered += pending.filtered
+            self.stats.already_done += pending.done
+            self.stats.enqueued += len(pending.batch)
+            self.progress.update(self.stats, pending.handled)
+        if not self.opts.dry_run:
+            self.checkpoint.advance(shard.name, pending.position, pending.handled)
+
+    def _wait_for_room(self) -> None:
+        if self.depth is None:
+            return
+        paused = False
+        while not self.stop.is_set() and (current := self.depth()) > self.opts.max_queue_depth:
+            if not paused:
+                paused = True
+                with self.stats.lock:
+                    self.stats.pauses += 1
+                    self.progress.paused(self.stats, current, self.opts.max_queue_depth)
+                log.info("detect queue holds %d > %d: pausing", current, self.opts.max_queue_depth)
+            self.stop.wait(self.opts.pause_poll_s)  # re-check every pause_poll_s (throttling, not test sync)
+        if paused:
+            with self.stats.lock:
+                self.progress.update(self.stats, 0)

@@ -1,10 +1,12 @@
-"""``vehicle-producer``: ``listen`` (SQS -> detect queue) and ``backfill s3://bucket/prefix``."""
+"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix`` and ``reconcile``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import sys
+import time
+from pathlib import Path
 
 from vehicle_core.cli_errors import OneLineParser, configure_logging, log_level, report, s3_uri
 from vehicle_core.config import load_settings
@@ -50,13 +52,14 @@ def _listen(args, settings) -> int:
     from vehicle_core.storage import sqs_client
     from workers.messages import sender_app
 
+    app = sender_app(settings.broker)
     listener = Listener(
         sqs=sqs_client(settings.storage),
         queue_url=queue_url,
-        app=sender_app(settings.broker),
+        app=app,
         keys=KeyFilter.from_settings(settings.producer, settings.results),
         wait_time_s=settings.producer.wait_time_s,
-        depth=depth_probe(settings.broker.url, settings.broker.detect_queue),
+        depth=depth_probe(app, settings.broker.detect_queue),
         max_queue_depth=settings.producer.max_queue_depth,
         pause_poll_s=settings.producer.pause_poll_s,
     )
@@ -67,27 +70,121 @@ def _listen(args, settings) -> int:
 
 def _backfill(args, settings) -> int:
     from producer.backfill import BackfillOptions, run_backfill
-    from producer.events import KeyFilter
+    from producer.checkpoint import Checkpoint
+    from producer.progress import Progress
     from producer.queue_depth import depth_probe
     from vehicle_core.storage import ObjectStore
     from workers.messages import sender_app
 
-    bucket, prefix = args.uri
-    producer = settings.producer
-    keys = KeyFilter.from_settings(producer, settings.results)
+    store = ObjectStore(settings.storage)
+    source, bucket, prefix, shards = _shards(args, settings, store)
+    overrides = {"modified_since": args.modified_since, "skip_done": args.skip_done, "dry_run": args.dry_run,
+                 "limit": args.limit, "keys": _keys(args, settings)}
+    if args.concurrency:
+        overrides["list_concurrency"] = args.concurrency
+    opts = BackfillOptions.from_settings(settings, bucket, prefix, **overrides)
+    # A dry run reads the checkpoint's positions (to show what a resume would send) but never writes it.
+    checkpoint = Checkpoint(args.checkpoint, store, source=source, every=settings.producer.checkpoint_every,
+                            read_only=args.dry_run)
+    if checkpoint.resumed:
+        print(f"resuming from {args.checkpoint}")
+    app = sender_app(settings.broker)
+    depth = None if args.dry_run else depth_probe(app, settings.broker.detect_queue)
+    total = None
+    if args.count_first:
+        from producer.shards import count_keys
+
+        total = count_keys(shards)
+    progress = Progress(total, enabled=not args.no_progress)
+    t0 = time.monotonic()
+    try:
+        stats = run_backfill(store, app, opts, shards, checkpoint=checkpoint, depth=depth, progress=progress)
+    finally:
+        progress.close()
+    seconds = time.monotonic() - t0
+    print(f"listed {stats.listed}, enqueued {stats.enqueued}, already done {stats.already_done}, "
+          f"filtered {stats.filtered}, pauses {stats.pauses}" + (" (dry run)" if args.dry_run else ""))
+    print(f"{seconds:.1f} s, {stats.listed / max(seconds, 1e-9):.0f} keys/s listed, peak RSS {peak_rss_mib():.1f} MiB; "
+          + _requests_line(store, stats.listed))
+    return 0
+
+
+def _shards(args, settings, store):
+    """(checkpoint source name, bucket, prefix, shards) from the URI or the inventory manifest."""
+    from producer.shards import listing_shards
+    from vehicle_core.errors import ConfigError
+    from vehicle_core.storage import parse_s3_uri
+
+    if args.inventory:
+        from producer.inventory import Manifest
+
+        if args.skip_done:
+            raise ConfigError("--skip-done needs a key-ordered listing; with --inventory the workers' own "
+                              "check (one HEAD per image) skips what is done")
+        manifest = Manifest.read(store, args.inventory)
+        prefix = parse_s3_uri(args.uri)[1] if args.uri else ""
+        return args.inventory, manifest.source_bucket, prefix, manifest.shards(store, prefix)
+    if not args.uri:
+        raise ConfigError("name s3://bucket/prefix, or --inventory s3://…/manifest.json")
+    bucket, prefix = parse_s3_uri(args.uri)
+    concurrency = args.concurrency or settings.producer.list_concurrency
+    results_in_source = settings.results.bucket in (None, bucket)
+    shards = listing_shards(store, bucket, prefix, concurrency,
+                            exclude=settings.results.prefix if results_in_source else None)
+    return f"{args.uri} concurrency={concurrency}", bucket, prefix, shards
+
+
+def _keys(args, settings):
+    from producer.events import KeyFilter
+
+    keys = KeyFilter.from_settings(settings.producer, settings.results)
     if args.suffix:
         keys = KeyFilter(tuple(s.lower() for s in args.suffix), keys.results_prefix, keys.input_prefixes)
-    opts = BackfillOptions(
-        bucket=bucket, prefix=prefix, keys=keys, modified_since=args.modified_since, skip_done=args.skip_done,
-        dry_run=args.dry_run, limit=args.limit, max_queue_depth=producer.max_queue_depth,
-        pause_poll_s=producer.pause_poll_s, results_bucket=settings.results.bucket,
-    )
-    depth = None if args.dry_run else depth_probe(settings.broker.url, settings.broker.detect_queue)
-    stats = run_backfill(ObjectStore(settings.storage), sender_app(settings.broker), opts, depth=depth,
-                         progress=not args.no_progress)
-    print(f"listed {stats.listed}, enqueued {stats.enqueued}, already done {stats.already_done}, "
-          f"pauses {stats.pauses}" + (f", would enqueue {stats.candidates}" if args.dry_run else ""))
-    return 0
+    return keys
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM of /proc/self/status (getrusage's maxrss also counts
+    the parent's RSS at fork, kept across exec); getrusage where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _requests_line(store, keys: int) -> str:
+    total = sum(store.requests.values())
+    detail = ", ".join(f"{name} {count}" for name, count in sorted(store.requests.items()))
+    return f"S3 requests {total} ({detail or 'none'}), {1000 * total / max(keys, 1):.2f} per 1,000 keys"
+
+
+def _reconcile(args, settings) -> int:
+    from producer.reconcile import reconcile
+    from vehicle_core.storage import ObjectStore, parse_s3_uri
+    from workers.messages import sender_app
+
+    store = ObjectStore(settings.storage)
+    bucket, prefix = parse_s3_uri(args.uri)
+    app = sender_app(settings.broker) if args.enqueue else None
+    report = reconcile(store, bucket, prefix, _keys(args, settings), results_bucket=settings.results.bucket,
+                       verify=args.verify, app=app, enqueue_batch=settings.producer.enqueue_batch,
+                       found=None if args.quiet else lambda reason, info: print(f"{reason}\t{info.uri}"))
+    reasons = ", ".join(f"{r} {report.reasons[r]}" for r in ("missing", "stale", "retriable"))
+    print(f"images {report.images}, without a current result {report.not_done} ({reasons}), "
+          f"enqueued {report.enqueued}; peak RSS {peak_rss_mib():.1f} MiB; {_requests_line(store, report.images)}",
+          file=sys.stderr)
+    return 1 if report.not_done else 0
+
+
+def _checked_uri(text: str) -> str:
+    """argparse ``type=``: an ``s3://bucket/prefix`` checked (one-line usage error otherwise), kept as text."""
+    s3_uri(text)
+    return text
 
 
 def _since(text: str) -> dt.datetime:
@@ -107,15 +204,31 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--queue-url", help="SQS queue URL (default: producer.queue_url)")
     listen.set_defaults(func=_listen)
     back = sub.add_parser("backfill", help="enqueue images already in s3://bucket/prefix")
-    back.add_argument("uri", type=s3_uri, help="s3://bucket/prefix")
-    back.add_argument("--suffix", action="append", help="only keys ending with this (repeatable); default: image suffixes")
+    back.add_argument("uri", nargs="?", type=_checked_uri,
+                      help="s3://bucket/prefix (with --inventory: only keys under this prefix)")
+    _suffix(back)
+    back.add_argument("--checkpoint", help="file or s3:// URI recording progress; rerun with it to resume")
+    back.add_argument("--concurrency", type=int, help="sub-prefixes listed in parallel (default: producer.list_concurrency)")
+    back.add_argument("--inventory", help="s3://…/manifest.json of an S3 Inventory report to read instead of listing")
+    back.add_argument("--count-first", action="store_true", help="count the keys first, for a total and an ETA")
     back.add_argument("--modified-since", type=_since, help="only objects modified at or after this ISO time (UTC)")
     back.add_argument("--skip-done", action="store_true", help="skip keys whose result describes the current ETag")
     back.add_argument("--dry-run", action="store_true", help="list what would be enqueued, enqueue nothing")
     back.add_argument("--limit", type=int, help="enqueue at most this many images")
     back.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     back.set_defaults(func=_backfill)
+    rec = sub.add_parser("reconcile", help="list images without a current result; exit 1 when there is any")
+    rec.add_argument("uri", type=_checked_uri, help="s3://bucket/prefix")
+    _suffix(rec)
+    rec.add_argument("--enqueue", action="store_true", help="also send them down the chain")
+    rec.add_argument("--verify", action="store_true", help="HEAD every result instead of trusting LastModified")
+    rec.add_argument("--quiet", action="store_true", help="counts only, no line per image")
+    rec.set_defaults(func=_reconcile)
     return parser
+
+
+def _suffix(parser) -> None:
+    parser.add_argument("--suffix", action="append", help="only keys ending with this (repeatable); default: image suffixes")
 
 
 if __name__ == "__main__":

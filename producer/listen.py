@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from producer.events import KeyFilter, MalformedEventError, parse_event_body
-from workers.messages import enqueue_image
+from workers.messages import enqueue_images
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,23 @@ class Listener:
             log.error("receive from %s failed: %r", self.queue_url, exc)
             self.stop.wait(min(5.0, max(1.0, self.wait_time_s)))  # back off instead of spinning
             return 0
-        enqueued = 0
-        for message in reply.get("Messages", []):
-            self.stats.received += 1
-            try:
-                enqueued += self._handle(message)
-            except Exception:  # noqa: BLE001 - one message must never stop the listener
-                self.stats.failed += 1
-                log.exception("SQS message %s could not be handled; left for redelivery and the DLQ",
-                              message.get("MessageId") if isinstance(message, dict) else "?")
-        return enqueued
+        parsed = [(message, self._parse(message)) for message in reply.get("Messages", [])]
+        self.stats.received += len(parsed)
+        handled = [(message, images) for message, images in parsed if images is not None]
+        images = [image for _, batch in handled for image in batch]
+        try:
+            # One Redis round trip for the whole receive (up to 10 SQS messages).
+            task_ids = enqueue_images(self.app, images)
+        except Exception as exc:  # broker down: keep the SQS messages, they come back after their visibility timeout
+            self.stats.failed += len(handled)
+            log.error("enqueue of %d SQS messages failed, they will be redelivered: %r", len(handled), exc)
+            return 0
+        for image, task_id in zip(images, task_ids, strict=True):
+            log.info("enqueued s3://%s/%s etag=%s task=%s", image.bucket, image.key, image.etag, task_id)
+        self.stats.enqueued += len(images)
+        for message, _ in handled:
+            self._delete(message)
+        return len(images)
 
     def _queue_too_deep(self) -> bool:
         if self.depth is None:
@@ -97,28 +104,23 @@ class Listener:
             return True
         return False
 
-    def _handle(self, message: dict) -> int:
-        message_id = message.get("MessageId")
+    def _parse(self, message: dict):
+        """The images an SQS message names, or None for a malformed one (left for the DLQ)."""
         try:
             parsed = parse_event_body(message.get("Body", ""), self.keys)
         except MalformedEventError as exc:
             # Left in the queue on purpose: the redrive policy moves it to the DLQ.
             self.stats.malformed += 1
-            log.warning("malformed SQS message %s left for the DLQ: %s", message_id, exc.message)
-            return 0
+            log.warning("malformed SQS message %s left for the DLQ: %s", message.get("MessageId"), exc.message)
+            return None
+        except Exception:  # noqa: BLE001 - one message must never stop the listener or its batch
+            self.stats.failed += 1
+            log.exception("SQS message %s could not be handled; left for redelivery and the DLQ",
+                          message.get("MessageId") if isinstance(message, dict) else "?")
+            return None
         for key, reason in parsed.skipped:
             log.debug("ignored %s: %s", key, reason)
-        try:
-            for image in parsed.images:
-                task_id = enqueue_image(self.app, image)
-                log.info("enqueued s3://%s/%s etag=%s task=%s", image.bucket, image.key, image.etag, task_id)
-        except Exception as exc:  # broker down: keep the SQS message, it comes back after its visibility timeout
-            self.stats.failed += 1
-            log.error("enqueue of SQS message %s failed, it will be redelivered: %r", message_id, exc)
-            return 0
-        self.stats.enqueued += len(parsed.images)
-        self._delete(message)
-        return len(parsed.images)
+        return parsed.images
 
     def _delete(self, message: dict) -> None:
         try:

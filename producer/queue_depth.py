@@ -1,25 +1,30 @@
-"""How many messages wait in a Celery queue on Redis (kombu keeps each queue as Redis lists)."""
+"""How many messages wait in a Celery queue, asked through kombu's public API.
+
+``channel.queue_declare(queue, passive=True).message_count`` is AMQP's own question; kombu's Redis
+transport answers it by summing the lists of every priority step of the queue (its ``_size``), so
+no key naming of kombu's is repeated here. A queue that was never declared or is empty has no Redis
+key: kombu then raises ``ChannelError`` (404) for a passive declare, which means 0.
+"""
 
 from __future__ import annotations
 
-# kombu's Redis transport splits a queue by priority into lists named ``queue`` and
-# ``queue\x06\x16<priority>`` (default steps 0, 3, 6, 9); count them all.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
+from kombu.exceptions import ChannelError
 
 
-def redis_queue_depth(redis_client, queue: str) -> int:
+def queue_depth(connection, queue: str) -> int:
     """Messages waiting in ``queue`` (not counting those reserved by workers)."""
-    names = [queue] + [f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
-    pipe = redis_client.pipeline()
-    for name in names:
-        pipe.llen(name)
-    return int(sum(pipe.execute()))
+    try:
+        return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:
+        return 0
 
 
-def depth_probe(broker_url: str, queue: str):
-    """A zero-argument callable returning the current depth of ``queue`` at ``broker_url``."""
-    import redis
+def depth_probe(app, queue: str):
+    """A zero-argument callable returning the current depth of ``queue`` on ``app``'s broker.
+    One connection, opened on first use and kept (kombu reconnects it when Redis restarts)."""
+    connection = app.connection_for_write()
 
-    client = redis.Redis.from_url(broker_url)
-    return lambda: redis_queue_depth(client, queue)
+    def depth() -> int:
+        return queue_depth(connection, queue)
+
+    return depth

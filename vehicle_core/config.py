@@ -118,6 +118,9 @@ class ProducerSettings:
     max_queue_depth: int
     pause_poll_s: float
     input_prefixes: list[str]
+    enqueue_batch: int
+    checkpoint_every: int
+    list_concurrency: int
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "images.max_aspect_ratio": (lambda v: v >= 1, "at least 1"),
     "images.max_side": (lambda v: v >= 64, "at least 64"),
     "producer.wait_time_s": (lambda v: 0 <= v <= 20, "between 0 and 20 (SQS limit)"),
+    "producer.enqueue_batch": (lambda v: v >= 1, "at least 1"),
+    "producer.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "producer.list_concurrency": (lambda v: 1 <= v <= 64, "between 1 and 64"),
     "training.mixed_precision": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
     "training.dropout": (lambda v: 0.0 <= v < 1.0, "between 0 and 1"),
     "worker.max_deliveries": (lambda v: v >= 1, "at least 1"),

@@ -300,6 +300,11 @@ class ResultStamp:
         return cls(_bare_etag(metadata.get(cls.META_ETAG)) or None, metadata[cls.META_STATUS],
                    metadata.get(cls.META_ERROR) or None)
 
+    @property
+    def retriable(self) -> bool:
+        """An error result a later attempt may fix (``VehiclePipelineError.final`` is False)."""
+        return self.status == STATUS_ERROR and self.error_code in not_final_codes()
+
     def to_metadata(self) -> dict[str, str]:
         return {self.META_ETAG: self.etag or "", self.META_STATUS: self.status, self.META_ERROR: self.error_code or ""}
 
@@ -310,6 +315,29 @@ def is_done(stamp: ResultStamp | None, etag: str | None) -> bool:
     outages, refused access). Workers skip done images; backfill ``--skip-done`` and ``reconcile``
     use the same rule. Without an ETag nothing can be told: not done.
     """
-    if stamp is None or etag is None or stamp.etag != _bare_etag(etag):
-        return False
-    return not (stamp.status == STATUS_ERROR and stamp.error_code in not_final_codes())
+    return why_not_done(stamp, etag) is None
+
+
+#: Why an image has no current result (``reconcile`` counts each): no result at all, a result for
+#: another upload (ETag), or an error result a later attempt may fix.
+MISSING, STALE, RETRIABLE = "missing", "stale", "retriable"
+
+
+def why_not_done(stamp: ResultStamp | None, etag: str | None) -> str | None:
+    """``None`` when :func:`is_done`, else :data:`MISSING`, :data:`STALE` or :data:`RETRIABLE`."""
+    if stamp is None or etag is None:
+        return MISSING
+    if stamp.etag != _bare_etag(etag):
+        return STALE
+    return RETRIABLE if stamp.retriable else None
+
+
+#: Suffix of the retry marker: ``result key + ".retry"``, written *after* a retriable error result.
+#: It sorts right after the result key, so one listing of the results prefix carries both and a
+#: listing alone tells a retriable error from an answer (listings carry no user metadata).
+RETRY_MARKER_SUFFIX = ".retry"
+
+
+def retry_marker_key(source_key: str, prefix: str) -> str:
+    """Key of the retry marker of ``source_key``'s result (never an image suffix, under the results prefix)."""
+    return result_key(source_key, prefix) + RETRY_MARKER_SUFFIX

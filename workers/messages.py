@@ -9,6 +9,7 @@ it never imports ``workers.tasks`` and the model code behind it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,3 +54,89 @@ def enqueue_image(app: Celery, source: SourceRef) -> str:
     The queues come from ``app.conf.task_routes`` (detect and classify queues in the broker settings).
     """
     return image_chain(app, source).apply_async().parent.id
+
+
+def enqueue_images(app: Celery, sources: Sequence[SourceRef], *, producer=None) -> list[str]:
+    """Send many images down the chain, one Redis round trip for the lot; return the detect tasks' ids.
+
+    Each message is the one :func:`enqueue_image` sends (same headers, properties, body and chained
+    classify step; tests/producer/test_backfill_stream.py compares them field by field), built by
+    :class:`ChainTemplate` from one message celery made, and published through kombu's publish
+    batch (``channel.create_publish_batch``: the LPUSHes go out in one non-transactional pipeline).
+    No retry: a broker failure raises at once and the caller decides (the listener keeps its SQS
+    messages, a backfill stops with its checkpoint before this batch). What this path leaves out is
+    celery's ``task-sent`` event (Flower then shows the task from ``received``, when a worker takes it):
+    building it costs more than the message. ``producer``: a kombu producer to reuse across batches.
+    """
+    if not sources:
+        return []
+    if producer is None:
+        with app.producer_or_acquire() as acquired:
+            return enqueue_images(app, sources, producer=acquired)
+    template = ChainTemplate.of(app)
+    batch = producer.channel.create_publish_batch(max_size=len(sources) + 1)  # one LPUSH per image
+    try:
+        ids = [template.publish(batch, producer.channel, source) for source in sources]
+        batch.flush()
+    except BaseException:
+        batch.discard()
+        raise
+    finally:
+        batch.close()
+    return ids
+
+
+class ChainTemplate:
+    """The detect message of one image chain, made once by celery (``app.amqp.create_task_message``,
+    as ``send_task`` calls it) and then filled in per image: task id, root id, correlation id, the
+    SourceRef argument and its repr, and the chained classify step's task id."""
+
+    def __init__(self, app: Celery) -> None:
+        from kombu.entity import maybe_delivery_mode
+        from kombu.utils.uuid import uuid
+
+        self.app = app
+        route = app.amqp.router.route({}, DETECT_TASK)["queue"]
+        self.queue = route.name
+        # What kombu's Producer.publish puts there for celery's default (persistent): 2.
+        self.delivery_mode = maybe_delivery_mode(route.exchange.delivery_mode or app.conf.task_default_delivery_mode)
+        classify = app.signature(CLASSIFY_TASK)
+        classify.freeze()
+        self.classify = dict(classify)
+        task_id = uuid()
+        headers, properties, body, _ = app.amqp.create_task_message(
+            task_id, DETECT_TASK, [], {}, reply_to=app.thread_oid, root_id=task_id,
+            chain=[self.classify], create_sent_event=False, argsrepr="", kwargsrepr="{}")
+        self.headers, self.properties, self.embed = headers, properties, body[2]
+        self._uuid = uuid
+
+    @classmethod
+    def of(cls, app: Celery) -> ChainTemplate:
+        """The app's template, made on first use (its routes and settings do not change afterwards)."""
+        template = getattr(app, "_vp_chain_template", None)
+        if template is None:
+            template = app._vp_chain_template = cls(app)
+        return template
+
+    def publish(self, batch, channel, source: SourceRef) -> str:
+        """Buffer one image's message in ``batch``; return its detect task id."""
+        from kombu.serialization import dumps
+
+        task_id, args = self._uuid(), [source.to_dict()]
+        headers = {**self.headers, "id": task_id, "root_id": task_id, "argsrepr": self._argsrepr(args)}
+        options = {**self.classify["options"], "task_id": self._uuid()}
+        embed = {**self.embed, "chain": [{**self.classify, "options": options}]}
+        content_type, encoding, data = dumps((args, {}, embed), serializer="json")
+        properties = {**self.properties, "correlation_id": task_id, "delivery_mode": self.delivery_mode}
+        message = channel.prepare_message(data, None, content_type, encoding, headers, properties)
+        batch.publish(message, exchange="", routing_key=self.queue)
+        return task_id
+
+    def _argsrepr(self, args: list) -> str:
+        # celery's saferepr of the args tuple, which is plain repr below its size limit (and 50x faster).
+        text = repr(tuple(args))
+        if len(text) <= self.app.amqp.argsrepr_maxsize:
+            return text
+        from celery.utils.saferepr import saferepr
+
+        return saferepr(tuple(args), self.app.amqp.argsrepr_maxsize)

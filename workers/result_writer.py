@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 
 from vehicle_core.config import ResultSettings
-from vehicle_core.results import ImageResult, ResultStamp, SourceRef, is_done, result_uri
+from vehicle_core.result_listing import read_stamp
+from vehicle_core.results import RETRY_MARKER_SUFFIX, ImageResult, ResultStamp, SourceRef, is_done, result_uri
 from vehicle_core.storage import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,7 @@ def is_answered(store: ObjectStore, source: SourceRef, results: ResultSettings) 
     """
     if source.etag is None:
         return False
-    uri = result_location(source, results)
-    head = store.head(uri)
-    if head is None:
-        return False
-    stamp = ResultStamp.from_metadata(head.metadata)
-    if stamp is None:
-        stamp = ResultStamp.from_document(store.get_json(uri))
-    return is_done(stamp, source.etag)
+    return is_done(read_stamp(store, result_location(source, results)), source.etag)
 
 
 def decide_write(processed: SourceRef, current: ObjectInfo | None) -> str:
@@ -70,7 +64,13 @@ def write_if_current(store: ObjectStore, result: ImageResult, results: ResultSet
         log.info("dropping result for %s etag=%s: %s", source.uri, source.etag, outcome)
         return outcome
     uri = result_location(source, results)
-    store.put_json(uri, result.to_dict(), metadata=ResultStamp.of(result).to_metadata())
+    stamp = ResultStamp.of(result)
+    store.put_json(uri, result.to_dict(), metadata=stamp.to_metadata())
+    if stamp.retriable:
+        # After the result, so the marker is at least as new: listings (which carry no metadata)
+        # then tell this error from an answer (vehicle_core/result_listing.py). A later final result
+        # is newer than the marker, which makes it stale without a DELETE.
+        store.put(uri + RETRY_MARKER_SUFFIX, b"", metadata=stamp.to_metadata())
     log.info("wrote %s (%s)", uri, result.status)
     return WRITTEN
 

@@ -14,9 +14,11 @@ import redis
 from devstack.demo import stack_env, wait_until
 from producer.backfill import BackfillOptions, run_backfill
 from producer.events import KeyFilter
-from producer.queue_depth import redis_queue_depth
+from producer.queue_depth import depth_probe
+from producer.shards import listing_shards
 from tests.integration.stack import queued_tasks, redis_url
 from vehicle_core.config import load_settings
+from vehicle_core.results import ResultStamp, retry_marker_key
 from vehicle_core.storage import ObjectStore
 from workers.messages import sender_app
 
@@ -32,9 +34,15 @@ def _put_many(s3, bucket: str, keys: list[str]) -> None:
         list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
 
 
-def _write_result(s3, bucket: str, key: str, etag: str) -> None:
-    doc = {"source": {"bucket": bucket, "key": key, "etag": etag}, "status": "ok", "error": None}
-    s3.put_object(Bucket=bucket, Key=f"results/{key}.json", Body=json.dumps(doc).encode())
+def _write_result(s3, bucket: str, key: str, etag: str, status: str = "ok", code: str | None = None) -> None:
+    """A result as the workers write it: the document, its metadata stamp, and the retry marker
+    after a retriable error (workers/result_writer.py)."""
+    stamp = ResultStamp(etag, status, code)
+    doc = {"source": {"bucket": bucket, "key": key, "etag": etag}, "status": status,
+           "error": {"code": code, "message": "m"} if code else None}
+    s3.put_object(Bucket=bucket, Key=f"results/{key}.json", Body=json.dumps(doc).encode(), Metadata=stamp.to_metadata())
+    if stamp.retriable:
+        s3.put_object(Bucket=bucket, Key=retry_marker_key(key, "results/"), Body=b"", Metadata=stamp.to_metadata())
 
 
 @pytest.fixture
@@ -69,8 +77,9 @@ def test_backfill_of_1000_keys_enqueues_each_once_then_skip_done_only_the_missin
              for o in p.get("Contents", [])}
     for key in images[:600]:
         _write_result(s3, bucket, key, etags[key])
-    for key in images[600:650]:
-        _write_result(s3, bucket, key, "an-older-etag")
+    for key in images[600:650]:  # results of an earlier upload: the object was replaced after them
+        _write_result(s3, bucket, key, etags[key])
+        s3.put_object(Bucket=bucket, Key=key, Body=b"a newer upload")
     client.delete(qname)
     # When: backfill --skip-done
     second = _cli(["backfill", f"s3://{bucket}/cams/", "--skip-done"], env)
@@ -79,6 +88,7 @@ def test_backfill_of_1000_keys_enqueues_each_once_then_skip_done_only_the_missin
     again = sorted(args[0]["key"] for _, args, _ in queued_tasks(client, qname))
     assert again == sorted(images[600:])
     assert "already done 600" in second.stdout
+    assert "GetObject" not in second.stdout  # "done" came from listings (and HEADs), no result was read
 
 
 def test_dry_run_limit_suffix_and_modified_since(s3, bucket, aws_env, redis_server, detect):
@@ -100,17 +110,20 @@ def test_backfill_pauses_while_the_detect_queue_is_deeper_than_the_limit(s3, buc
     client, qname = detect
     _put_many(s3, bucket, [f"p{i:02d}.jpg" for i in range(30)])
     settings = load_settings(env={"VP_BROKER__URL": redis_url(redis_server), "VP_BROKER__DETECT_QUEUE": qname})
-    opts = BackfillOptions(bucket=bucket, keys=KEYS, max_queue_depth=10, pause_poll_s=0.05)
+    opts = BackfillOptions.from_settings(settings, bucket, keys=KEYS, max_queue_depth=10, pause_poll_s=0.05,
+                                         enqueue_batch=1)
     stop = threading.Event()
     box = {}
     store = ObjectStore(client=s3)
+    app = sender_app(settings.broker)
+    depth = depth_probe(app, qname)
     worker = threading.Thread(target=lambda: box.update(stats=run_backfill(
-        store, sender_app(settings.broker), opts, depth=lambda: redis_queue_depth(client, qname), stop=stop, progress=False)))
+        store, app, opts, listing_shards(store, bucket, "", 1), depth=depth, stop=stop)))
     # When: it runs with nobody consuming
     worker.start()
     try:
         # Then: it stops at 11 (enqueues while depth <= 10) and waits
-        wait_until(lambda: redis_queue_depth(client, qname) == 11, timeout=30, what="11 queued")
+        wait_until(lambda: depth() == 11, timeout=30, what="11 queued")
         assert worker.is_alive()
         # When: a consumer drains the queue, it goes on to the end
         wait_until(lambda: client.delete(qname) >= 0 and not worker.is_alive(), timeout=60, what="backfill to finish")

@@ -144,14 +144,15 @@ def test_any_message_leaves_only_itself_for_the_dlq_and_the_batch_proceeds(sqs, 
 
 
 def test_the_listener_stops_receiving_while_the_detect_queue_is_too_deep(sqs, queue, redis_server, detect_queue):
-    from producer.queue_depth import redis_queue_depth
+    from producer.queue_depth import depth_probe
 
     # Given: a detect queue holding 3 messages, a limit of 2, and one event waiting in SQS
     client, qname = detect_queue
     client.rpush(qname, b"a", b"b", b"c")
     sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", "waits.jpg"))
-    listener = Listener(sqs=sqs, queue_url=queue, app=_app(redis_server, qname), keys=KEYS, wait_time_s=1,
-                        depth=lambda: redis_queue_depth(client, qname), max_queue_depth=2, pause_poll_s=0.05)
+    app = _app(redis_server, qname)
+    listener = Listener(sqs=sqs, queue_url=queue, app=app, keys=KEYS, wait_time_s=1,
+                        depth=depth_probe(app, qname), max_queue_depth=2, pause_poll_s=0.05)
     # When: it polls while the queue is too deep, nothing is received
     assert listener.poll_once() == 0 and listener.stats.received == 0 and listener.stats.paused == 1
     # Then: once the queue drains, the event is received and enqueued

@@ -70,3 +70,20 @@ def test_a_result_without_a_stamp_is_read_once_to_decide(s3, store, bucket):
     s3.put_object(Bucket=bucket, Key="results/old.jpg.json",
                   Body=json.dumps(_result(bucket, "old.jpg", etag).to_dict()).encode())
     assert is_answered(store, SourceRef(bucket, "old.jpg", etag=etag), RESULTS)
+
+
+def test_a_retriable_error_leaves_a_retry_marker_that_a_listing_reads(s3, store, bucket):
+    # Given: an image whose task gave up on a transient error, then one whose result is final
+    from vehicle_core.errors import StorageUnavailableError, UndecodableImageError
+    from vehicle_core.result_listing import ResultIndex
+
+    for key in ("t.jpg", "u.jpg"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    infos = {i.key: i for i in store.list(f"s3://{bucket}/")}
+    write_error_result(store, SourceRef(bucket, "t.jpg", etag=infos["t.jpg"].etag), StorageUnavailableError("down"), RESULTS)
+    write_error_result(store, SourceRef(bucket, "u.jpg", etag=infos["u.jpg"].etag), UndecodableImageError("bad"), RESULTS)
+    # Then: a marker beside the retriable result only, and the listing walk calls it retriable
+    keys = [i.key for i in store.list(f"s3://{bucket}/results/")]
+    assert keys == ["results/t.jpg.json", "results/t.jpg.json.retry", "results/u.jpg.json"]
+    index = ResultIndex(store, store.list(f"s3://{bucket}/results/"), "results/", bucket)
+    assert [index.reason(infos[k]) for k in ("t.jpg", "u.jpg")] == ["retriable", None]

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,11 @@ class ObjectStore:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._shared_client = client
         self._local = threading.local()
+        #: S3 API calls made through this store, by operation name (``ListObjectsV2``, ``HeadObject``…).
+        self.requests: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+        if client is not None:
+            self._count_on(client)
 
     @property
     def client(self):
@@ -65,8 +71,16 @@ class ObjectStore:
         if getattr(self._local, "client", None) is None:
             if self.storage is None:
                 raise ValueError("an ObjectStore without storage settings reads local paths only")
-            self._local.client = s3_client(self.storage)
+            self._local.client = self._count_on(s3_client(self.storage))
         return self._local.client
+
+    def _count_on(self, client):
+        def count(model, **_kwargs):
+            with self._count_lock:
+                self.requests[model.name] += 1
+
+        client.meta.events.register("before-call.s3", count)
+        return client
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -130,17 +144,24 @@ class ObjectStore:
         except ValueError:
             return None
 
-    def list(self, root: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(self, root: str, *, start_after: str | None = None, delimiter: str | None = None,
+             page_size: int | None = None) -> Iterator[ObjectInfo]:
         """Every object under ``root`` (a prefix, not a folder: ``s3://b/cam`` lists ``cam1/…`` too),
         in key order, page by page (memory bounded by a page). Local roots walk the folder, folders
-        included with a trailing '/'. ``start_after``: a key (not URI) to resume a listing after."""
+        included with a trailing '/'. ``start_after``: a key (not URI) to resume a listing after.
+        ``delimiter``: only the objects directly at this level (see :meth:`list_prefixes` for the
+        rest). ``page_size``: keys per request (S3's default and maximum is 1,000)."""
         if not is_s3(root):
             yield from _list_local(Path(root))
             return
         bucket, prefix = parse_s3_uri(root)
-        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if page_size:
+            kwargs["PaginationConfig"] = {"PageSize": page_size}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
                 for obj in page.get("Contents", []):
