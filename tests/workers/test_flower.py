@@ -44,3 +44,24 @@ def test_vehicle_flower_without_credentials_says_what_to_set():
     env = {"PATH": "/usr/bin:/bin", "VP_FLOWER__BASIC_AUTH": DEMO_CREDENTIALS}
     out = subprocess.run([sys.executable, "-m", "workers.flower"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "demo's published password" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
+    """Flower lists the queues of inspected workers only (else the default queue): `detect` went
+    missing while only the classify worker was known. workers.flower_server adds every routed queue."""
+    from types import SimpleNamespace
+
+    from flower.views import BaseHandler
+
+    from workers.app import app
+    from workers.flower_server import list_queues_always, project_queues
+
+    assert project_queues(app.conf) == {"detect", "classify"}
+    only_classify = {"classify@h": {"active_queues": [{"name": "classify"}]}}
+    handler = SimpleNamespace(application=SimpleNamespace(workers=only_classify), capp=app)
+    assert BaseHandler.get_active_queue_names(handler) == ["classify"]  # Flower's own answer: the bug
+    list_queues_always(project_queues(app.conf))
+    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect"]
+    handler.application.workers = {}
+    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect"]
+    assert flower_command(FLOWER)[1:3] == ["-m", "workers.flower_server"]
