@@ -1,6 +1,7 @@
 """Prometheus metrics of the workers, and the one ``/metrics`` endpoint per worker node.
 
-What the tasks record (through the ``observe_*`` functions, so tasks stay free of metric names):
+What the tasks record (through the ``observe_*`` functions, so tasks stay free of metric names;
+``result_writer.write_if_current`` calls :func:`observe_result` for every result it writes):
 
 * ``vp_stage_seconds{stage}`` — wall time of one model call (a batch): detect, classify;
 * ``vp_images_total{stage}`` and ``vp_crops_total{stage}`` — images and vehicle crops, separately
@@ -9,7 +10,8 @@ What the tasks record (through the ``observe_*`` functions, so tasks stay free o
   documents written, by status and error code, with the models that produced them;
 * ``vp_upload_to_result_seconds{classifier_version}`` — from the S3 event's time (carried in
   ``SourceRef.event_time``) to the result; backfilled images carry none and are not counted;
-* ``vp_model_info{role, name, version}`` — 1 for each model a live process serves;
+* ``vp_model_info{role, name, version}`` — 1 for the models of the last result each live process
+  wrote (so a roll-out shows as the version switching);
 * ``vp_queue_depth{queue}`` — messages waiting in the detect and classify queues, read from Redis
   at scrape time by the node's exporter.
 
@@ -54,7 +56,8 @@ RESULTS = Counter("vp_results", "Result documents, by status and error code, wit
                   ["status", "error_code", "detector", "classifier", "classifier_version"])
 LATENCY = Histogram("vp_upload_to_result_seconds", "From the S3 upload event to the result document",
                     ["classifier_version"], buckets=LATENCY_BUCKETS)
-MODEL = Gauge("vp_model_info", "1 for each model a live worker process serves", ["role", "name", "version"],
+MODEL = Gauge("vp_model_info", "1 for the model of each role in the last result a live worker process wrote",
+              ["role", "name", "version"],
               multiprocess_mode="livemax")
 
 _started = False
@@ -78,6 +81,8 @@ def observe_result(result: ImageResult) -> None:
     RESULTS.labels(result.status, error_code, _name(models.get("detector")), _name(classifier),
                    classifier.version if classifier else "").inc()
     observe_latency(result.source, result.processed_at, classifier.version if classifier else "")
+    for role, info in models.items():
+        observe_model(role, info)
 
 
 def observe_latency(source: SourceRef, processed_at: str | None = None, classifier_version: str = "") -> float | None:

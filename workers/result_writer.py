@@ -20,6 +20,7 @@ import logging
 from vehicle_core.config import ResultSettings
 from vehicle_core.results import ImageResult, ResultStamp, SourceRef, is_done, result_uri
 from vehicle_core.storage import ObjectInfo, ObjectStore
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def write_if_current(store: ObjectStore, result: ImageResult, results: ResultSet
     uri = result_location(source, results)
     store.put_json(uri, result.to_dict(), metadata=ResultStamp.of(result).to_metadata())
     log.info("wrote %s (%s)", uri, result.status)
+    metrics.observe_result(result)  # every written result, error results of the give-up paths included
     return WRITTEN
 
 

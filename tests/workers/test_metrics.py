@@ -107,3 +107,21 @@ def test_one_node_endpoint_sums_every_pool_process_and_reports_queue_depths(redi
     assert ('vp_results_total{classifier="resnet50",classifier_version="v7",detector="maskrcnn",error_code="",'
             'status="ok"} 2.0') in lines
     assert 'vp_upload_to_result_seconds_count{classifier_version="v7"} 2.0' in lines
+
+
+def test_every_result_written_to_s3_is_counted(aws_env, bucket):
+    from vehicle_core.config import load_settings
+    from vehicle_core.storage import ObjectStore
+    from workers.result_writer import WRITTEN, write_if_current
+
+    settings = load_settings(env={})
+    store = ObjectStore(settings.storage)
+    store.put(f"s3://{bucket}/cam/a.jpg", b"jpeg", content_type="image/jpeg")
+    etag = store.head(f"s3://{bucket}/cam/a.jpg").etag
+    labels = {"status": "no_vehicle", "error_code": "", "detector": "maskrcnn", "classifier": "resnet50",
+              "classifier_version": "v7"}
+    before = _value("vp_results_total", **labels)
+    result = ImageResult(source=SourceRef(bucket=bucket, key="cam/a.jpg", etag=etag),
+                         status="no_vehicle", models=MODELS)
+    assert write_if_current(store, result, settings.results) == WRITTEN
+    assert _value("vp_results_total", **labels) == before + 1
