@@ -78,3 +78,15 @@ def test_log_format_option_accepts_text_and_json_only():
         log_format("xml")
     assert isinstance(JsonFormatter(), logging.Formatter) and isinstance(TextFormatter(), logging.Formatter)
 
+
+
+def test_a_command_line_process_logs_json_lines_to_stderr():
+    import subprocess
+    import sys
+
+    code = ("import logging; from vehicle_core.cli_errors import configure_logging; "
+            "from vehicle_core.logs import log_context; configure_logging('INFO', 'json'); "
+            "exec('with log_context(bucket=\"b\", key=\"k.jpg\"):\\n logging.getLogger(\"producer.listen\").info(\"enqueued\")')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    (doc,) = [json.loads(line) for line in out.stderr.splitlines()]
+    assert (doc["logger"], doc["message"], doc["bucket"], doc["key"]) == ("producer.listen", "enqueued", "b", "k.jpg")
