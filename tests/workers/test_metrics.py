@@ -125,3 +125,40 @@ def test_every_result_written_to_s3_is_counted(aws_env, bucket):
                          status="no_vehicle", models=MODELS)
     assert write_if_current(store, result, settings.results) == WRITTEN
     assert _value("vp_results_total", **labels) == before + 1
+
+
+@pytest.mark.integration
+def test_a_celery_worker_node_serves_one_endpoint_from_its_main_process(redis_server, tmp_path):
+    """The real worker command line, two pool processes, multiprocess mode: the worker_init hook in
+    workers.metrics serves the node's /metrics (queue depths included) from the main process, and
+    logs.format=json reaches Celery's own handlers."""
+    import json as _json
+
+    from devstack.demo import stack_env, start_process, stop_process, wait_until, worker_argv
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete("classify-node-test")
+    client.lpush("classify-node-test", *["m"] * 3)  # not a queue this worker consumes: it only counts
+    port = free_port()
+    env = stack_env(broker_url=redis_server.url, aws={}, extra={
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "VP_WORKER__METRICS_PORT": str(port),
+        "VP_BROKER__CLASSIFY_QUEUE": "classify-node-test", "VP_LOGS__FORMAT": "json"})
+    worker = start_process("detect-node", worker_argv("detect-node-test", "node@test", concurrency=2), env,
+                           tmp_path / "logs")
+
+    def scrape() -> str | None:
+        if not worker.alive():
+            raise AssertionError(f"worker exited:\n{worker.log_tail()}")
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+
+    try:
+        text = wait_until(scrape, timeout=120, what="the worker node's /metrics")
+        assert 'vp_queue_depth{queue="classify-node-test"} 3.0' in text.splitlines()
+        json_lines = wait_until(lambda: [line for line in worker.log_tail(200).splitlines() if line.startswith("{")],
+                                timeout=60, what="a JSON log line from the worker")
+        assert all("level" in _json.loads(line) for line in json_lines)
+    finally:
+        stop_process(worker)
