@@ -7,7 +7,6 @@ deadline, never a bare sleep) until it answers, yields a handle, and stops it on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -174,18 +173,11 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def wire_bucket_notifications(s3, sqs, bucket: str, queue_name: str) -> str:
-    """Create SQS queue ``queue_name`` (with a dead-letter queue, maxReceiveCount 3) and make every
-    s3:ObjectCreated:* event of ``bucket`` reach it. Returns the queue URL."""
-    dlq_url = sqs.create_queue(QueueName=f"{queue_name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})
-    queue_url = sqs.create_queue(QueueName=queue_name, Attributes={"RedrivePolicy": redrive})["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}],
-        },
-    )
-    return queue_url
+def wire_bucket_notifications(s3, sqs, bucket: str, queue_name: str, *, prefix: str = "") -> str:
+    """Create SQS queue ``queue_name`` (with a dead-letter queue, maxReceiveCount 3, and the queue
+    policy AWS would demand) and make every s3:ObjectCreated:* event of ``bucket`` under ``prefix``
+    reach it: ``vehicle-producer setup-bucket``'s own code. Returns the queue URL."""
+    from producer.bucket_setup import BucketWiring, apply
+
+    wiring = BucketWiring(bucket=bucket, prefix=prefix, queue=queue_name, region=sqs.meta.region_name)
+    return apply(s3, sqs, wiring)["queue_url"]

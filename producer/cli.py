@@ -1,4 +1,5 @@
-"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix`` and ``reconcile``."""
+"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix``, ``reconcile``
+and ``setup-bucket s3://bucket[/prefix] --queue NAME`` (uploads -> SQS, with a dead-letter queue)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_level, report, s3_uri
+from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
 from vehicle_core.config import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format or "text")
     try:
         settings = load_settings(args.config)
+        if args.log_format is None and settings.logs.format != "text":
+            configure_logging(args.log_level, settings.logs.format)
         return args.func(args, settings)
     except Exception as exc:  # known failures become one line; report() re-raises the rest (bugs)
         broker = _broker_unreachable(exc)
@@ -64,6 +67,9 @@ def _listen(args, settings) -> int:
         pause_poll_s=settings.producer.pause_poll_s,
     )
     stop_on_signals(listener)
+    from producer.metrics import serve
+
+    serve(settings.producer.metrics_port, lambda: listener.stats)
     listener.run()
     return 0
 
@@ -187,6 +193,28 @@ def _checked_uri(text: str) -> str:
     return text
 
 
+def _setup_bucket(args, settings) -> int:
+    import json
+
+    from producer.bucket_setup import BucketWiring, apply, plan
+    from vehicle_core.storage import events_client, s3_client, sqs_client
+
+    bucket, prefix = args.uri
+    s3, sqs = s3_client(settings.storage), sqs_client(settings.storage)
+    wiring = BucketWiring(bucket=bucket, prefix=prefix, queue=args.queue, max_receive_count=args.max_receive_count,
+                          eventbridge=args.eventbridge, region=sqs.meta.region_name)
+    if args.dry_run:
+        print(json.dumps(plan(s3, sqs, wiring), indent=2))
+        return 0
+    events = events_client(settings.storage) if args.eventbridge else None
+    done = apply(s3, sqs, wiring, events=events)
+    print(f"s3://{bucket}/{prefix} -> {done['queue_url']} "
+          f"({'EventBridge rule ' + wiring.rule_name if args.eventbridge else 'S3 notification'}; "
+          f"dead letters after {args.max_receive_count} receives: {wiring.dlq})")
+    print(f"listen with: VP_PRODUCER__QUEUE_URL={done['queue_url']} vehicle-producer listen")
+    return 0
+
+
 def _since(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
@@ -199,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vehicle-producer", description=__doc__)
     parser.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the defaults)")
     parser.add_argument("--log-level", type=log_level, default="INFO", help="debug, info (default), warning, error")
+    parser.add_argument("--log-format", type=log_format, help="text or json (default: logs.format)")
     sub = parser.add_subparsers(required=True)
     listen = sub.add_parser("listen", help="long-poll SQS for S3 events and enqueue their images")
     listen.add_argument("--queue-url", help="SQS queue URL (default: producer.queue_url)")
@@ -224,6 +253,15 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--verify", action="store_true", help="HEAD every result instead of trusting LastModified")
     rec.add_argument("--quiet", action="store_true", help="counts only, no line per image")
     rec.set_defaults(func=_reconcile)
+
+    setup = sub.add_parser("setup-bucket", help="create the SQS queue (+ DLQ, policy) and the bucket's notification")
+    setup.add_argument("uri", type=s3_uri, help="s3://bucket[/prefix]: uploads under prefix are announced")
+    setup.add_argument("--queue", required=True, help="SQS queue name (its dead-letter queue: NAME-dlq)")
+    setup.add_argument("--max-receive-count", type=int, default=3, help="receives before a message goes to the DLQ")
+    setup.add_argument("--eventbridge", action="store_true",
+                       help="announce through EventBridge (bucket switch + 'Object Created' rule), not S3 notifications")
+    setup.add_argument("--dry-run", action="store_true", help="print the JSON that would be applied; change nothing")
+    setup.set_defaults(func=_setup_bucket)
     return parser
 
 

@@ -1,7 +1,10 @@
 """Parse S3 event notifications delivered through SQS into :class:`~vehicle_core.results.SourceRef` objects.
 
 An SQS body is either an S3 notification (``{"Records": [...]}``), S3's one-off ``s3:TestEvent``
-sent when notifications are configured, or an SNS envelope around one of those. Only object
+sent when notifications are configured, an EventBridge ``Object Created`` event (``source`` aws.s3,
+a ``detail`` with bucket and object; keys there are *not* URL-encoded), or an SNS envelope around
+one of those. The time S3 gives the event travels on as ``SourceRef.event_time`` (upload -> result
+latency). Only object
 *creations* of image keys under an input prefix become work; everything else is ignored on purpose,
 so that writing ``results/…json`` never triggers processing again (no feedback loop).
 """
@@ -73,6 +76,9 @@ def parse_event_body(body: str, keys: KeyFilter) -> ParsedEvent:
     if not isinstance(doc, dict):
         raise MalformedEventError("SQS body is not a JSON object")
     parsed = ParsedEvent()
+    if doc.get("source") == "aws.s3" and "detail-type" in doc:
+        _parse_eventbridge(doc, keys, parsed)
+        return parsed
     if doc.get("Event") == "s3:TestEvent":
         parsed.skipped.append(("s3:TestEvent", "test event"))
         return parsed
@@ -102,21 +108,46 @@ def _parse_record(record: Any, keys: KeyFilter, parsed: ParsedEvent) -> None:
             raise TypeError("bucket name and object key must be strings")
     except (KeyError, TypeError) as exc:
         raise MalformedEventError(f"an ObjectCreated record lacks s3.bucket.name or s3.object.key ({exc})") from None
+    _add_image(parsed, keys, bucket, key, etag=obj.get("eTag") or obj.get("etag"), version_id=obj.get("versionId"),
+               size=obj.get("size"), event_time=record.get("eventTime"))
+
+
+def _parse_eventbridge(doc: dict, keys: KeyFilter, parsed: ParsedEvent) -> None:
+    """One EventBridge event from S3: ``Object Created`` becomes work, other detail types are skipped."""
+    kind = doc.get("detail-type")
+    if kind != "Object Created":
+        parsed.skipped.append((str(kind), "not an object creation"))
+        return
+    try:
+        bucket = doc["detail"]["bucket"]["name"]
+        obj = doc["detail"]["object"]
+        key = obj["key"]  # EventBridge sends keys as they are: no form decoding ('+' stays a plus)
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise TypeError("bucket name and object key must be strings")
+    except (KeyError, TypeError) as exc:
+        raise MalformedEventError(f"an Object Created event lacks detail.bucket.name or detail.object.key ({exc})") from None
+    _add_image(parsed, keys, bucket, key, etag=obj.get("etag"), version_id=obj.get("version-id"),
+               size=obj.get("size"), event_time=doc.get("time"))
+
+
+def _add_image(parsed: ParsedEvent, keys: KeyFilter, bucket: str, key: str, *, etag: Any, version_id: Any,
+               size: Any, event_time: Any) -> None:
     reason = keys.why_not(key)
     if reason:
         parsed.skipped.append((key, reason))
         return
-    size = obj.get("size")
     try:
         msg = SourceRef.from_dict(
             {
                 "bucket": bucket,
                 "key": key,
-                "etag": obj.get("eTag") or obj.get("etag"),
-                "version_id": obj.get("versionId"),
+                "etag": etag,
+                "version_id": version_id,
                 "size": size if isinstance(size, int) and not isinstance(size, bool) else None,
+                # A malformed time must not cost the image: it only feeds a latency metric.
+                "event_time": event_time if isinstance(event_time, str) else None,
             }
         )
     except MalformedMessageError as exc:
-        raise MalformedEventError(f"an ObjectCreated record is not usable: {exc.message}") from None
+        raise MalformedEventError(f"an object creation event is not usable: {exc.message}") from None
     parsed.images.append(msg)

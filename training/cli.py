@@ -5,7 +5,9 @@
     vehicle-train crop s3://b/scenes s3://b/scenes-crops [--ground-truth] [--via auto|celery|local]
     vehicle-train train s3://b/synth --run-dir runs/a [--version V]    # training.* settings apply
     vehicle-train evaluate runs/a/artifact s3://b/synth --out reports/a [--upload s3://b/reports/a]
-    vehicle-train publish runs/a/artifact s3://b/models/classifier
+    vehicle-train publish runs/a/artifact s3://b/models/classifier [--if-empty]
+    vehicle-train models list|promote VERSION|rollback [--registry s3://b/models/classifier]
+    vehicle-train seed-registry [--artifact DIR]                     # publish (the demo model) if empty
     vehicle-train compare reports/a reports/b
     vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 
@@ -32,6 +34,7 @@ from vehicle_core.errors import VehiclePipelineError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vehicle-train", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the built-in defaults)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="text (default) or json lines")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("make-synthetic", help="write a labelled synthetic dataset (crops, or --scenes N)")
@@ -65,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("artifact")
     s.add_argument("registry", nargs="?", help="s3://bucket/models/classifier (default: classifier.registry)")
     s.add_argument("--no-current", action="store_true", help="upload only; leave the pointer alone")
+    s.add_argument("--if-empty", action="store_true", help="only when the registry has no current version yet")
+
+    s = sub.add_parser("models", help="the registry's versions: list, promote one, roll back")
+    s.add_argument("action", choices=("list", "promote", "rollback"))
+    s.add_argument("version", nargs="?", help="the version to promote")
+    s.add_argument("--registry", help="s3://bucket/models/classifier (default: classifier.registry)")
+
+    s = sub.add_parser("seed-registry", help="publish a classifier when the registry is empty (compose's init)")
+    s.add_argument("--artifact", help="artifact directory to publish (default: the demo classifier, trained once)")
+    s.add_argument("--registry", help="s3://bucket/models/classifier (default: classifier.registry)")
 
     s = sub.add_parser("compare", help="a table of several reports (folders holding metrics.json)")
     s.add_argument("reports", nargs="+")
@@ -78,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    from vehicle_core.logs import configure
+
+    configure("WARNING", args.log_format)
     logging.getLogger("vehicle_core").setLevel(logging.INFO)  # our progress, not every S3 request
     try:
         settings = load_settings(args.config)
@@ -157,13 +172,45 @@ def _evaluate(args, settings):
     return {"accuracy": evaluation.accuracy, "report": str(report / "report.md"), "uploaded": uploaded}
 
 
-def _publish(args, settings):
-    from training.publish import publish
-
+def _registry(args, settings) -> str:
     registry = args.registry or settings.classifier.registry
     if not registry:
-        raise ValueError("give a registry URI or set classifier.registry")
+        raise ValueError("give a registry URI or set classifier.registry (VP_CLASSIFIER__REGISTRY)")
+    return registry
+
+
+def _publish(args, settings):
+    from training.publish import publish, seed_if_empty
+
+    registry = _registry(args, settings)
+    if args.if_empty:
+        return {"published": seed_if_empty(args.artifact, registry, settings.storage)}
     return {"published": publish(args.artifact, registry, settings.storage, make_current=not args.no_current)}
+
+
+def _models(args, settings):
+    from training.publish import promote, registry_status, rollback
+
+    registry = _registry(args, settings)
+    if args.action == "promote":
+        if not args.version:
+            raise ValueError("models promote needs a VERSION (see: vehicle-train models list)")
+        promote(registry, args.version, settings.storage)
+    elif args.action == "rollback":
+        rollback(registry, settings.storage)
+    return registry_status(registry, settings.storage)
+
+
+def _seed_registry(args, settings):
+    from training.publish import registry_status, seed_if_empty
+    from training.quickstart import ensure_demo_classifier
+
+    registry = _registry(args, settings)
+    if registry_status(registry, settings.storage)["current"] is not None:  # before training anything
+        return {"published": None, **registry_status(registry, settings.storage)}
+    artifact = args.artifact or ensure_demo_classifier(Path(settings.storage.cache_dir), settings)
+    return {"published": seed_if_empty(artifact, registry, settings.storage),
+            **registry_status(registry, settings.storage)}
 
 
 def _compare(args, settings):
@@ -184,6 +231,8 @@ COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "publish": _publish,
+    "models": _models,
+    "seed-registry": _seed_registry,
     "compare": _compare,
     "quickstart": _quickstart,
 }

@@ -1,5 +1,9 @@
-"""The model registry, write side: publish a version, move the ``current`` pointer (layout and the
-read side: ``vehicle_core.registry``)."""
+"""The model registry, write side: publish a version, move the ``current`` pointer, roll back (layout
+and the read side: ``vehicle_core.registry``).
+
+The pointer keeps a short ``history`` of the versions it named before (newest last): ``promote``
+pushes the version it replaces, ``rollback`` pops the last one and makes it current again.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 from vehicle_core.classifier import MANIFEST_FILE, MODEL_FILE, save_artifact
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ModelLoadError
-from vehicle_core.registry import ARCHIVE, archive_uri, pointer_uri
+from vehicle_core.registry import ARCHIVE, archive_uri, current_version, list_versions, pointer_uri
 from vehicle_core.storage import ObjectStore
 
 
@@ -40,15 +44,66 @@ def publish(
     return f"{base}/{ARCHIVE}"
 
 
-def set_current(registry: str, version: str, storage: StorageSettings) -> None:
-    """Point ``registry/current`` at ``version`` (which must have been published)."""
+#: Earlier versions the pointer remembers for ``rollback``.
+HISTORY_LENGTH = 20
+
+
+def set_current(registry: str, version: str, storage: StorageSettings, *, history: list[str] | None = None) -> dict:
+    """Point ``registry/current`` at ``version`` (which must have been published); return the pointer.
+
+    The version it replaces joins the pointer's history (unless ``history`` is given: rollback's).
+    """
     store = ObjectStore(storage)
     archive = archive_uri(registry, version)
     if store.head(archive) is None:
         raise ModelLoadError(f"version {version} is not published under {registry}")
+    if history is None:
+        previous = _pointer_or_none(registry, storage)
+        history = list(previous.get("history", [])) if previous else []
+        if previous and previous.get("version") != version:
+            history.append(previous["version"])
     pointer = {
         "version": version,
         "artifact": archive,
         "published_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "history": history[-HISTORY_LENGTH:],
     }
     store.put(pointer_uri(registry), json.dumps(pointer).encode(), content_type="application/json")
+    return pointer
+
+
+def _pointer_or_none(registry: str, storage: StorageSettings) -> dict | None:
+    try:
+        return current_version(registry, storage)
+    except ModelLoadError:  # no pointer yet
+        return None
+
+
+def promote(registry: str, version: str, storage: StorageSettings) -> dict:
+    """Make a published ``version`` current (workers following the registry pick it up)."""
+    return set_current(registry, version, storage)
+
+
+def rollback(registry: str, storage: StorageSettings) -> dict:
+    """Make the previously current version current again; ModelLoadError when there is none."""
+    pointer = _pointer_or_none(registry, storage)
+    history = list((pointer or {}).get("history", []))
+    if not history:
+        raise ModelLoadError(f"model registry {registry} has no earlier version to roll back to")
+    previous = history.pop()
+    return set_current(registry, previous, storage, history=history)
+
+
+def registry_status(registry: str, storage: StorageSettings) -> dict:
+    """Every published version, the current one and the roll-back history: what ``models list`` prints."""
+    pointer = _pointer_or_none(registry, storage) or {}
+    return {"registry": registry, "current": pointer.get("version"), "history": pointer.get("history", []),
+            "versions": list_versions(registry, storage)}
+
+
+def seed_if_empty(artifact_dir: str | Path, registry: str, storage: StorageSettings) -> str | None:
+    """Publish ``artifact_dir`` and make it current when the registry has no pointer yet; return its
+    archive URI, or None when a version is already current (then nothing is written)."""
+    if _pointer_or_none(registry, storage) is not None:
+        return None
+    return publish(artifact_dir, registry, storage)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_level, report, s3_uri
+from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
 from vehicle_core.config import load_settings
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.results import ImageResult, SourceRef
@@ -35,7 +35,7 @@ def _read(target: str, store, max_bytes: int) -> tuple[bytes, SourceRef]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     # Fewer of TensorFlow's C++ INFO lines around the results and errors (absl's start-up lines remain).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if args.log_level != "DEBUG" else "0")
     try:
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the built-in defaults)")
     parser.add_argument("--settings", action="store_true", help="print the settings in force and exit")
     parser.add_argument("--log-level", type=log_level, default="WARNING", help="debug, info, warning (default), error")
+    parser.add_argument("--log-format", type=log_format, default="text", help="text (default) or json")
     return parser
 
 

@@ -85,8 +85,18 @@ def report(prog: str, exc: BaseException) -> int:
     return exit_status(error)
 
 
-def configure_logging(level: str) -> None:
-    """``logging.basicConfig`` with the project's format at ``level`` (a name from :func:`log_level`)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def log_format(text: str) -> str:
+    """argparse ``type=`` for ``--log-format``: text or json."""
+    name = text.strip().lower()
+    if name not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"unknown log format {text!r}; use text or json")
+    return name
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Root logging at ``level`` (a name from :func:`log_level`) in ``fmt`` (vehicle_core.logs)."""
+    from vehicle_core.logs import configure
+
+    configure(level, fmt)
     if level != "DEBUG":  # botocore's INFO lines (where it found credentials, endpoints) are noise here
         logging.getLogger("botocore").setLevel(logging.WARNING)

@@ -77,6 +77,7 @@ class ClassifierSettings:
     top_k: int
     device: str
     backend: str = "tensorflow"
+    poll_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class ProducerSettings:
     enqueue_batch: int
     checkpoint_every: int
     list_concurrency: int
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,11 @@ class FlowerSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
     images: ImageSettings
@@ -164,6 +171,7 @@ class Settings:
     producer: ProducerSettings
     training: TrainingSettings
     flower: FlowerSettings
+    logs: LogSettings = field(default_factory=LogSettings)
     #: Where each setting came from, for start-up logs (``"detector.model": "env"``); not a setting.
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -241,6 +249,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "worker.max_deliveries": (lambda v: v >= 1, "at least 1"),
     "worker.task_time_limit_s": (lambda v: v > 0, "positive"),
     "worker.max_memory_per_child_mb": (lambda v: v >= 0, "0 (no limit) or more"),
+    "logs.format": (lambda v: v in ("text", "json"), "text or json"),
+    "classifier.poll_interval_s": (lambda v: v >= 0, "0 (never) or more"),
     "results.prefix": (lambda v: bool(v), "a non-empty prefix (results must never overwrite inputs)"),
 }
 

@@ -78,18 +78,36 @@ class DetectStage:
 
 
 class ClassifyStage:
-    """Classify the crops of many images in shared batches and assemble their results."""
+    """Classify the crops of many images in shared batches and assemble their results.
 
-    def __init__(self, *, classifier) -> None:
+    With a ``watcher`` (:class:`~vehicle_core.registry.RegistryWatcher`, built by ``from_settings``
+    when the classifier comes from a registry), each :meth:`run` first swaps in the version the
+    registry's pointer names now: roll-outs between batches, never inside one.
+    """
+
+    def __init__(self, *, classifier, watcher=None) -> None:
         self.classifier = classifier
+        self.watcher = watcher
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClassifyStage:
         from vehicle_core.classifier import load_classifier
+        from vehicle_core.registry import RegistryWatcher
 
-        return cls(classifier=load_classifier(settings.classifier, settings.storage))
+        classifier = load_classifier(settings.classifier, settings.storage)
+        watcher = RegistryWatcher.from_settings(settings.classifier, settings.storage, version=classifier.info.version)
+        return cls(classifier=classifier, watcher=watcher)
+
+    def refresh(self) -> bool:
+        """Swap in the registry's current version if it changed; True when it did."""
+        fresh = self.watcher.maybe_reload() if self.watcher is not None else None
+        if fresh is None:
+            return False
+        self.classifier = fresh
+        return True
 
     def run(self, crop_sets: Sequence[CropSet]) -> list[ImageResult]:
+        self.refresh()
         flat = [(i, j) for i, cs in enumerate(crop_sets) if not cs.error for j in range(len(cs.crops))]
         t0 = time.perf_counter()
         pixels = [decode_crop(crop_sets[i].crops[j]) for i, j in flat]

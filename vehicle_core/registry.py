@@ -3,18 +3,29 @@
     s3://bucket/models/classifier/<version>/model.tar.gz     the artifact as one archive
     s3://bucket/models/classifier/<version>/model.keras       ... and its two files, for browsing
     s3://bucket/models/classifier/<version>/manifest.json
-    s3://bucket/models/classifier/current                     {"version": ..., "artifact": ...}
+    s3://bucket/models/classifier/current                     {"version": ..., "artifact": ...,
+                                                                "published_at": ..., "history": [...]}
 
 ``load_classifier`` with ``classifier.registry`` set reads ``current`` and loads that archive, so the
-version in every result document is the one the pointer named. Writing (publishing a version,
-moving the pointer) is training's job: ``training.publish``.
+version in every result document is the one the pointer named. :class:`RegistryWatcher` re-reads the
+pointer while a worker runs (at most every ``classifier.poll_interval_s``) and loads the new version,
+so a roll-out or roll-back needs no restart. Writing (publishing a version, moving the pointer,
+keeping its ``history`` of earlier versions for roll-backs) is training's job: ``training.publish``.
 """
 
 from __future__ import annotations
 
-from vehicle_core.config import StorageSettings
-from vehicle_core.errors import ModelLoadError, SourceNotFoundError
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vehicle_core.config import ClassifierSettings, StorageSettings
+from vehicle_core.errors import ModelLoadError, SourceNotFoundError, VehiclePipelineError
 from vehicle_core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 POINTER = "current"
 ARCHIVE = "model.tar.gz"
@@ -55,3 +66,59 @@ def list_versions(registry: str, storage: StorageSettings) -> list[str]:
     """Published versions under ``registry``, oldest first (versions are sortable UTC times)."""
     base = registry.rstrip("/") + "/"
     return sorted(uri[len(base):].rstrip("/") for uri in ObjectStore(storage).list_prefixes(base))
+
+
+class RegistryWatcher:
+    """Follows a registry's ``current`` pointer: :meth:`maybe_reload` returns a newly loaded
+    classifier when the pointer names another version than the one served, else None.
+
+    The pointer is read at most every ``interval_s`` (a clock check otherwise), so calling it before
+    every batch costs nothing. A pointer that cannot be read, or a version that cannot be loaded,
+    is logged and the classifier in service stays: a bad publish never stops classification.
+    """
+
+    def __init__(self, registry: str, storage: StorageSettings, interval_s: float, *,
+                 classifier: ClassifierSettings | None = None, version: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.interval_s = interval_s
+        self.classifier_settings = classifier
+        self.version = version  # the version in service (None: whatever the pointer names is new)
+        self.clock = clock
+        self._next_read = clock() + interval_s
+
+    @classmethod
+    def from_settings(cls, classifier: ClassifierSettings, storage: StorageSettings,
+                      version: str | None = None) -> RegistryWatcher | None:
+        """A watcher when the classifier comes from a registry and polling is on, else None."""
+        if classifier.model or not classifier.registry or classifier.poll_interval_s <= 0:
+            return None
+        return cls(classifier.registry, storage, classifier.poll_interval_s, classifier=classifier, version=version)
+
+    def maybe_reload(self) -> Any | None:
+        """The classifier of a newly current version (loaded once), or None when nothing changed."""
+        now = self.clock()
+        if now < self._next_read:
+            return None
+        self._next_read = now + self.interval_s
+        try:
+            pointer = current_version(self.registry, self.storage)
+            if pointer["version"] == self.version:
+                return None
+            loaded = self._load(pointer["artifact"])
+        except (VehiclePipelineError, ValueError, KeyError, OSError) as exc:
+            log.warning("classifier registry %s: keeping version %s (%s)", self.registry, self.version,
+                        getattr(exc, "message", exc))
+            return None
+        log.info("classifier registry %s: version %s -> %s", self.registry, self.version, pointer["version"])
+        self.version = pointer["version"]
+        return loaded
+
+    def _load(self, artifact: str):
+        from vehicle_core.classifier import load_classifier
+
+        base = self.classifier_settings or ClassifierSettings(model=None, registry=None, batch_size=32, top_k=3,
+                                                              device="auto")
+        # The artifact the pointer named, not the pointer again: it may move between two reads.
+        return load_classifier(dataclasses.replace(base, model=artifact), self.storage)

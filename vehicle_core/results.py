@@ -74,6 +74,8 @@ class SourceRef:
 
     The ETag is kept bare (S3 events give it bare, HEAD/LIST in quotes). :meth:`from_dict` validates a
     received message and raises :class:`MalformedMessageError` for anything that is not one.
+    ``event_time`` (ISO 8601, from the S3 event; None for backfill) only measures upload -> result
+    latency: it is not part of the object's identity, and ``to_dict`` names it only when known.
     """
 
     bucket: str
@@ -81,6 +83,7 @@ class SourceRef:
     etag: str | None = None
     version_id: str | None = None
     size: int | None = None
+    event_time: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "etag", _bare_etag(self.etag))
@@ -96,7 +99,7 @@ class SourceRef:
             "etag": self.etag,
             "version_id": self.version_id,
             "size": self.size,
-        }
+        } | ({"event_time": self.event_time} if self.event_time else {})
 
     @classmethod
     def from_dict(cls, data: Any) -> SourceRef:
@@ -110,11 +113,11 @@ class SourceRef:
         size = data.get("size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise MalformedMessageError(f"an image reference's size must be a non-negative integer, got {size!r}")
-        for name in ("etag", "version_id"):
+        for name in ("etag", "version_id", "event_time"):
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise MalformedMessageError(f"an image reference's {name} must be a string or null")
         return cls(bucket=data["bucket"], key=data["key"], etag=data.get("etag"),
-                   version_id=data.get("version_id"), size=size)
+                   version_id=data.get("version_id"), size=size, event_time=data.get("event_time"))
 
 
 def _bare_etag(etag: str | None) -> str | None:

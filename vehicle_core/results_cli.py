@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_level, report, s3_uri
+from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
 
 PROG = "vehicle-results"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         from vehicle_core.config import load_settings
         from vehicle_core.storage import ObjectStore
@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                            epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the built-in defaults)")
     parser.add_argument("--log-level", type=log_level, default="WARNING", help="debug, info, warning (default), error")
+    parser.add_argument("--log-format", type=log_format, default="text", help="text (default) or json")
     sub = parser.add_subparsers(required=True, metavar="{summary,export,gallery}")
 
     def command(name: str, func, help_text: str):

@@ -47,8 +47,9 @@ def credentials(flower: FlowerSettings, *, demo: bool = False) -> str:
 
 
 def flower_command(flower: FlowerSettings, *, port: int | None = None, extra: list[str] | None = None) -> list[str]:
-    """Flower's argv: address and port only, never the credentials."""
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port or flower.port}",
+    """Flower's argv: address and port only, never the credentials. It runs Flower through
+    ``workers.flower_server``, which makes Flower list both queues (see there why it did not)."""
+    return [sys.executable, "-m", "workers.flower_server", f"--port={port or flower.port}",
             f"--address={flower.address}", *(extra or [])]
 
 

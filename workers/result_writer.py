@@ -21,6 +21,7 @@ from vehicle_core.config import ResultSettings
 from vehicle_core.result_listing import read_stamp
 from vehicle_core.results import RETRY_MARKER_SUFFIX, ImageResult, ResultStamp, SourceRef, is_done, result_uri
 from vehicle_core.storage import ObjectInfo, ObjectStore
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def write_if_current(store: ObjectStore, result: ImageResult, results: ResultSet
         # is newer than the marker, which makes it stale without a DELETE.
         store.put(uri + RETRY_MARKER_SUFFIX, b"", metadata=stamp.to_metadata())
     log.info("wrote %s (%s)", uri, result.status)
+    metrics.observe_result(result)  # every written result, error results of the give-up paths included
     return WRITTEN
 
 

@@ -122,13 +122,15 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
             waiting.append(request)
     if not prepared:
         return
+    started = time.perf_counter()
     try:
         crop_sets = stage.detect(prepared)
     except SoftTimeLimitExceeded:
         crop_sets = [CropSet(source=cs.source, models=cs.models,
                              error=ProcessingTimeoutError("detection outlasted worker.task_time_limit_s").to_dict())
                      for cs, _ in prepared]
-    metrics.BATCH_SIZE.labels("detect").observe(len(prepared))
+    metrics.observe_batch("detect", images=len(prepared), crops=sum(len(cs.crops) for cs in crop_sets),
+                          seconds=time.perf_counter() - started)
     log.info("detect batch: %d images", len(prepared))
     for request, crop_set in zip(waiting, crop_sets, strict=True):
         metrics.TASKS.labels(task.name, "error" if crop_set.error else "ok").inc()
@@ -213,8 +215,7 @@ def _classify_group(task, group: list, done: list, requeue: list[str]) -> None:
                 requeue.append(request.id)
         return
     crops = sum(len(cs.crops) for _, cs in group)
-    metrics.BATCH_SIZE.labels("classify_images").observe(len(group))
-    metrics.BATCH_SIZE.labels("classify").observe(crops)
+    metrics.observe_batch("classify", images=len(group), crops=crops, seconds=time.perf_counter() - started)
     log.info("classify batch: %d images, %d crops, %.0f ms", len(group), crops, 1000 * (time.perf_counter() - started))
     for (request, _), result in zip(group, results, strict=True):
         summary = _write(task, request, result, requeue)

@@ -57,9 +57,11 @@ def test_compose_runs_every_component_and_reserves_a_gpu_for_each_worker():
         assert command[:4] == ["celery", "-A", "workers.app", "worker"] and command[command.index("-Q") + 1] == queue
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        assert services[name]["environment"]["VP_BROKER__URL"] == "redis://redis:6379/0"
+        assert services[name]["environment"]["VP_BROKER__URL"] == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0"
     assert services["producer"]["command"] == ["vehicle-producer", "listen"]
-    assert "--basic-auth" in " ".join(services["flower"]["command"])
+    # vehicle-flower takes its credentials from the environment, never the command line (workers/flower.py)
+    assert services["flower"]["command"] == ["vehicle-flower"]
+    assert services["flower"]["environment"]["VP_FLOWER__BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
 def test_makefile_lint_validates_compose_with_the_same_schema():

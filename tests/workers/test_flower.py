@@ -52,9 +52,9 @@ def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
     from types import SimpleNamespace
 
     from flower.views import BaseHandler
-    from workers.flower_server import list_queues_always, project_queues
 
     from workers.app import app
+    from workers.flower_server import list_queues_always, project_queues
 
     assert project_queues(app.conf) == {"detect", "classify"}
     only_classify = {"classify@h": {"active_queues": [{"name": "classify"}]}}

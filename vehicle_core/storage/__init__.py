@@ -11,6 +11,7 @@
 from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local
 from vehicle_core.storage.objects import ObjectInfo, ObjectStore, is_s3
 from vehicle_core.storage.s3 import (
+    events_client,
     normalize_etag,
     parse_s3_uri,
     s3_client,
@@ -23,6 +24,7 @@ __all__ = [
     "ZOO_DIR",
     "ObjectInfo",
     "ObjectStore",
+    "events_client",
     "is_s3",
     "normalize_etag",
     "parse_s3_uri",

@@ -68,6 +68,11 @@ def sqs_client(storage: StorageSettings):
     return _client("sqs", storage)
 
 
+def events_client(storage: StorageSettings):
+    """A boto3 EventBridge client configured like :func:`s3_client` (``setup-bucket --eventbridge``)."""
+    return _client("events", storage)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into ``(bucket, key)``; ValueError for anything else."""
     if not uri.startswith("s3://"):
