@@ -40,9 +40,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
-# Kept while workers/tasks.py still records them (see observe_* for their successors).
+# Task outcomes and wall time, as the tasks record them (observe_* below: per stage and per result).
 TASKS = Counter("vp_tasks_total", "Tasks finished, by task and outcome", ["task", "outcome"])
-                       ["stage"], buckets=SIZE_BUCKETS)
 SECONDS = Histogram("vp_task_seconds", "Wall time of a task", ["task"])
 
 STAGE_SECONDS = Histogram("vp_stage_seconds", "Wall time of one model call (a batch), by stage", ["stage"],

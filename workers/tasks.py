@@ -9,7 +9,7 @@ Per image: ``chain(detect_crop.s(msg), classify.s())`` (built by ``workers.messa
 * ``classify`` (queue ``classify``, TensorFlow, a celery-batches task): buffers up to
   ``worker.batch_flush_every`` CropSets (or ``batch_flush_interval_s``), runs :class:`ClassifyStage`
   over all their crops at once, and writes each ``results/<key>.json`` unless a newer upload
-  replaced the source meanwhile. Batch sizes go to the log, to Prometheus (``vp_batch_size``) and,
+  replaced the source meanwhile. Batch sizes go to the log, to Prometheus (``vp_batch_images``, ``vp_batch_crops``) and,
   per request, to Flower's result column. See workers/batching.py for what celery-batches changes.
 
 ``crop_dataset_chunk`` (queue ``detect``) serves ``vehicle-train crop``: training crops cut by the
