@@ -79,7 +79,10 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_installs_the_gpu_stack_the_documented_way():
     text = (ROOT / "Dockerfile.gpu").read_text()
     assert text.startswith("#") and "FROM nvidia/cuda:" in text and "devel" in text
-    assert 'pip install --no-build-isolation "git+https://github.com/facebookresearch/detectron2.git"' in text
+    # Detectron2 from source at the commit the project builds and tests (Makefile's D2_COMMIT)
+    assert '"git+https://github.com/facebookresearch/detectron2.git@${DETECTRON2_COMMIT}"' in text
+    assert "DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833" in text
+    assert "D2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833" in (ROOT / "Makefile").read_text()
     assert '"tensorflow[and-cuda]==2.21.0"' in text
     assert '"torch==2.14.1" "torchvision==0.29.1"' in text
     assert 'pip install -e ".[torch,workers]"' in text
