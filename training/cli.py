@@ -7,6 +7,7 @@
     vehicle-train evaluate runs/a/artifact s3://b/synth --out reports/a [--upload s3://b/reports/a]
     vehicle-train publish runs/a/artifact s3://b/models/classifier
     vehicle-train compare reports/a reports/b
+    vehicle-train sweep training/sweeps/demo.yaml --out sweep-out    # grid/random search; rerun to resume
     vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 
 Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compare", help="a table of several reports (folders holding metrics.json)")
     s.add_argument("reports", nargs="+")
+
+    s = sub.add_parser("sweep", help="grid or random search over training settings and datasets (resumable)")
+    s.add_argument("spec", help="sweep spec YAML (local path or s3://), see training/sweep.py")
+    s.add_argument("--out", required=True, help="local folder: a run directory per trial, results.md/.csv, sweep.png")
 
     s = sub.add_parser("quickstart", help="synthetic data -> train -> evaluate -> publish, on S3")
     s.add_argument("--bucket", required=True)
@@ -172,6 +177,12 @@ def _compare(args, settings):
     return compare([load_evaluation(Path(r) / "metrics.json") for r in args.reports])
 
 
+def _sweep(args, settings):
+    from training.sweep_run import sweep_command
+
+    return sweep_command(args.spec, Path(args.out), settings)
+
+
 def _quickstart(args, settings):
     from training.quickstart import run_quickstart
 
@@ -185,6 +196,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "publish": _publish,
     "compare": _compare,
+    "sweep": _sweep,
     "quickstart": _quickstart,
 }
 

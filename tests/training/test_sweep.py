@@ -120,3 +120,24 @@ def test_results_are_ranked_by_the_validation_metric_in_markdown_csv_and_plot(tm
     png = plot(rows, spec, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "trials" / rows[0]["trial"] / "params.json").read_text())["dropout"] == 0.0
+
+
+def test_trial_hparams_and_metrics_read_back_from_tensorboard_events(tmp_path):
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from training.tensorboard_logs import write_hparams
+
+    assert write_hparams(tmp_path, {"dataset": "crops", "dropout": 0.5, "augment": True}, {"val_accuracy": 0.8}, "t001")
+    tags, hparams = {}, {}
+    for path in tmp_path.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags[value.tag] = value
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+                    assert data.session_start_info.group_name == "t001"
+    assert hparams["dataset"].string_value == "crops"
+    assert hparams["dropout"].number_value == 0.5 and hparams["augment"].bool_value is True
+    assert tf.make_ndarray(tags["val_accuracy"].tensor) == pytest.approx(0.8)
