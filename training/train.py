@@ -227,9 +227,8 @@ class _Fitter:
     def _schedule(self, learning_rate: float, epochs: int):
         """The stage's rate: constant, or cosine-decayed per step to 0 at the end of its last epoch.
 
-        With a constant rate the last epochs take steps as large as the first ones, and the
-        validation score of a from-scratch run jumps by 10-30 points between late epochs; decaying
-        it lets the weights (and BatchNormalization's moving statistics, which follow them) settle.
+        With a constant rate the last epochs take steps as large as the first ones, so the weights
+        (and the model picked by the best checkpoint) keep moving to the end; decayed, they settle.
         """
         import keras
 
@@ -277,7 +276,7 @@ def _score_validation(model, val_ds, class_names: Sequence[str], log_dir: Path) 
 
 
 def _tensorboard(log_dir: Path) -> list:
-    """TensorBoard logs when the ``tensorboard`` package is installed (tensorflow-cpu does not pull it in)."""
+    """TensorBoard logs (the ``tf`` extra installs ``tensorboard``; without it, the CSV logs only)."""
     import importlib.util
 
     import keras
