@@ -20,6 +20,7 @@ detector crops are searched like any other setting::
 Each trial trains in ``OUT/trials/<id>/run`` (metrics, TensorBoard logs with the trial's hparams, the
 artifact) and writes ``OUT/trials/<id>/result.json`` last. Running the same command again skips the
 finished trials and resumes an interrupted one at its last finished epoch (``BackupAndRestore``).
+Several processes started on the same ``OUT`` share the trials (a file lock per trial).
 At the end: ``OUT/results.md`` and ``OUT/results.csv`` ranked by the metric, the best trial scored
 on the test split (``OUT/best.json``), and ``OUT/sweep.png`` (the metric against each varied setting).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import itertools
@@ -137,24 +139,42 @@ TrialRunner = Callable[[Trial, Path], dict[str, Any]]
 
 
 def run_sweep(spec: SweepSpec, out: Path, run_trial: TrialRunner) -> list[dict[str, Any]]:
-    """Run every trial not finished yet (``run_trial(trial, trial_dir) -> metrics``); all results, ranked."""
+    """Run every trial not finished yet (``run_trial(trial, trial_dir) -> metrics``); finished results, ranked.
+
+    Several processes may run the same sweep on one ``out`` folder: each trial is claimed with a file
+    lock, so a process skips the trials another one is training (the lock dies with its process).
+    """
     out.mkdir(parents=True, exist_ok=True)
     trials = expand(spec)
     for n, trial in enumerate(trials, 1):
         tdir = out / "trials" / trial.id
-        if (tdir / RESULT_FILE).is_file():
-            log.info("trial %s already done (%d/%d)", trial.id, n, len(trials))
-            continue
-        log.info("trial %s (%d/%d): %s", trial.id, n, len(trials), trial.params)
         tdir.mkdir(parents=True, exist_ok=True)
-        (tdir / "params.json").write_text(json.dumps(trial.params, indent=2))
-        t0 = time.monotonic()
-        metrics = run_trial(trial, tdir)
-        row = {"trial": trial.id, **trial.params, **metrics, "seconds": round(time.monotonic() - t0, 1)}
-        tmp = tdir / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps(row, indent=2))
-        tmp.rename(tdir / RESULT_FILE)  # last, and atomic: a trial counts as done only once this exists
-    return ranked([json.loads((out / "trials" / t.id / RESULT_FILE).read_text()) for t in trials], spec.metric)
+        with open(tdir / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("trial %s is running in another process", trial.id)
+                continue
+            if (tdir / RESULT_FILE).is_file():
+                log.info("trial %s already done (%d/%d)", trial.id, n, len(trials))
+                continue
+            log.info("trial %s (%d/%d): %s", trial.id, n, len(trials), trial.params)
+            _run_one(trial, tdir, run_trial)
+    done = [out / "trials" / t.id / RESULT_FILE for t in trials]
+    if not all(p.is_file() for p in done):
+        log.warning("%d of %d trials still running elsewhere; rerun to gather them", sum(not p.is_file() for p in done),
+                    len(trials))
+    return ranked([json.loads(p.read_text()) for p in done if p.is_file()], spec.metric)
+
+
+def _run_one(trial: Trial, tdir: Path, run_trial: TrialRunner) -> None:
+    (tdir / "params.json").write_text(json.dumps(trial.params, indent=2))
+    t0 = time.monotonic()
+    metrics = run_trial(trial, tdir)
+    row = {"trial": trial.id, **trial.params, **metrics, "seconds": round(time.monotonic() - t0, 1)}
+    tmp = tdir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    tmp.rename(tdir / RESULT_FILE)  # last, and atomic: a trial counts as done only once this exists
 
 
 def ranked(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """``vehicle-train sweep``: the trials of a :mod:`training.sweep` spec trained in this process.
 
-Trials run one after another here (``--via local``, the only mode so far): a trial is a whole
-ResNet50 training and a machine's cores are best spent on one at a time.
+Trials run one after another in a process; start the command several times on the same ``--out``
+(or on several machines sharing it) and the processes split the trials between them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from training.sweep import SweepSpec, Trial, dataset_roots, plot, run_sweep, trial_settings, write_tables
+from training.sweep import (
+    SweepSpec,
+    Trial,
+    dataset_roots,
+    expand,
+    plot,
+    run_sweep,
+    trial_settings,
+    write_tables,
+)
 from vehicle_core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,8 @@ def sweep_command(spec_path: str, out: Path, settings: Settings) -> dict[str, An
     (out / "spec.yaml").write_text(text)
     trials = LocalTrials(spec, settings, dataset_roots(spec, settings, out))
     rows = run_sweep(spec, out, trials)
+    if len(rows) < len(expand(spec)):
+        return {"finished": len(rows), "trials": len(expand(spec)), "note": "others still running; rerun to gather"}
     best = out / "best.json"
     best_test = json.loads(best.read_text()) if best.is_file() else None
     if not best_test or best_test["trial"] != rows[0]["trial"]:

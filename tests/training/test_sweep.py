@@ -141,3 +141,19 @@ def test_trial_hparams_and_metrics_read_back_from_tensorboard_events(tmp_path):
     assert hparams["dataset"].string_value == "crops"
     assert hparams["dropout"].number_value == 0.5 and hparams["augment"].bool_value is True
     assert tf.make_ndarray(tags["val_accuracy"].tensor) == pytest.approx(0.8)
+
+
+def test_a_trial_locked_by_another_process_is_left_to_it(tmp_path):
+    import fcntl
+
+    spec = SweepSpec.load(GRID)
+    trials = expand(spec)
+    busy = tmp_path / "trials" / trials[0].id
+    busy.mkdir(parents=True)
+    calls = []
+    with open(busy / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another sweep process training this trial
+        rows = run_sweep(spec, tmp_path, fake_trainer(calls))
+    assert calls == [t.id for t in trials[1:]]
+    assert len(rows) == 7
+    assert len(run_sweep(spec, tmp_path, fake_trainer(calls))) == 8  # lock gone: the rerun trains it
