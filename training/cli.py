@@ -9,6 +9,7 @@
     vehicle-train models list|promote VERSION|rollback [--registry s3://b/models/classifier]
     vehicle-train seed-registry [--artifact DIR]                     # publish (the demo model) if empty
     vehicle-train compare reports/a reports/b
+    vehicle-train sweep training/sweeps/demo.yaml --out sweep-out    # grid/random search; rerun to resume
     vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 
 Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compare", help="a table of several reports (folders holding metrics.json)")
     s.add_argument("reports", nargs="+")
+
+    s = sub.add_parser("sweep", help="grid or random search over training settings and datasets (resumable)")
+    s.add_argument("spec", help="sweep spec YAML (local path or s3://), see training/sweep.py")
+    s.add_argument("--out", required=True, help="local folder: a run directory per trial, results.md/.csv, sweep.png")
 
     s = sub.add_parser("quickstart", help="synthetic data -> train -> evaluate -> publish, on S3")
     s.add_argument("--bucket", required=True)
@@ -219,6 +224,12 @@ def _compare(args, settings):
     return compare([load_evaluation(Path(r) / "metrics.json") for r in args.reports])
 
 
+def _sweep(args, settings):
+    from training.sweep_run import sweep_command
+
+    return sweep_command(args.spec, Path(args.out), settings)
+
+
 def _quickstart(args, settings):
     from training.quickstart import run_quickstart
 
@@ -234,6 +245,7 @@ COMMANDS = {
     "models": _models,
     "seed-registry": _seed_registry,
     "compare": _compare,
+    "sweep": _sweep,
     "quickstart": _quickstart,
 }
 

@@ -170,10 +170,13 @@ def make_tf_dataset(
     shuffle: bool = False,
     seed: int = 0,
     augment: Callable | None = None,
+    deterministic: bool = True,
 ):
     """A ``tf.data.Dataset`` of ``(uint8 images NxSxSx3 as float32, one-hot labels)``, fetched on the fly.
 
-    Unreadable images are dropped and their URIs appended to ``index.unreadable``.
+    Unreadable images are dropped and their URIs appended to ``index.unreadable``. ``deterministic``
+    keeps the (seeded) shuffled order and draws the augmentation's random numbers in one thread, so a
+    seed gives the same batches every run; off, parallel calls may finish, and draw, in any order.
     """
     import tensorflow as tf
 
@@ -206,11 +209,12 @@ def make_tf_dataset(
     if shuffle:
         ds = ds.shuffle(len(uris), seed=seed, reshuffle_each_iteration=True)
     # Parallel fetches: boto3 and OpenCV release the GIL, so threads overlap network and decoding.
-    ds = ds.map(fetch, num_parallel_calls=8, deterministic=not shuffle)
+    ds = ds.map(fetch, num_parallel_calls=8, deterministic=deterministic or not shuffle)
     ds = ds.filter(_readable).map(_drop_flag)
     ds = ds.batch(batch_size)
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        parallel = None if deterministic else tf.data.AUTOTUNE  # random layers draw from one shared state
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=parallel)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

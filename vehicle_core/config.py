@@ -133,6 +133,7 @@ class TrainingSettings:
     finetune_epochs: int
     head_learning_rate: float
     finetune_learning_rate: float
+    lr_schedule: str
     finetune_layers: int
     dropout: float
     weight_decay: float
@@ -143,6 +144,7 @@ class TrainingSettings:
     imagenet_weights: str | None
     mixed_precision: str
     seed: int
+    deterministic: bool
 
 
 @dataclass(frozen=True)
