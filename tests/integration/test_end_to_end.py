@@ -279,3 +279,48 @@ def test_one_detect_batch_gives_each_image_its_own_outcome(stack, proxy):
     wait_until(lambda: client.llen("detect") == 0 and _detect_unacked(client) == 0, timeout=120,
                what="the detect queue drained")
     assert "mixed/missing.jpg" not in results_under(stack.s3, stack.bucket)
+
+
+def test_a_version_published_while_images_flow_takes_over_without_a_restart(stack, classifier_artifact, monkeypatch,
+                                                                            tmp_path):
+    # Given: a registry with v1 current, and the classify worker serving from it (polling every second)
+    from training.publish import publish
+    from vehicle_core.classifier import load_artifact, save_artifact
+
+    for name, value in stack.env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    storage = load_settings().storage
+    registry = f"s3://{stack.bucket}/models/classifier"
+    model, manifest = load_artifact(classifier_artifact)
+    v1, v2 = (save_artifact(model, {**manifest, "version": v}, tmp_path / v) for v in ("20260101-000000", "20260102-000000"))
+    publish(v1, registry, storage)
+    classify = next(p for p in stack.processes if p.name == "classify-worker")
+    stop_process(classify)
+    stack.processes.remove(classify)
+    env = {**stack.env, "VP_CLASSIFIER__MODEL": "null", "VP_CLASSIFIER__REGISTRY": registry,
+           "VP_CLASSIFIER__POLL_INTERVAL_S": "1"}
+    worker = start_process("classify-worker", worker_argv("classify", "classify@demo"), env, stack.log_dir)
+    stack.processes.append(worker)
+    before = {f"roll/a-{i}.jpg": _upload(stack, f"roll/a-{i}.jpg", _scene(600 + i)) for i in range(3)}
+    results = _wait_for_results(stack, before, timeout=240)
+    assert {results[k]["models"]["classifier"]["version"] for k in before} == {"20260101-000000"}
+
+    # When: v2 is published (the pointer moves) while images keep arriving
+    publish(v2, registry, storage)
+    sent: dict[str, str] = {}
+
+    def v2_serves() -> bool:
+        key = f"roll/b-{len(sent)}.jpg"
+        sent[key] = _upload(stack, key, _scene(700 + len(sent)))
+        docs = _wait_for_results(stack, {key: sent[key]}, timeout=120)
+        return docs[key]["models"]["classifier"]["version"] == "20260102-000000"
+
+    wait_until(v2_serves, timeout=240, what="a result from v2", interval=0.5)
+    after = {f"roll/c-{i}.jpg": _upload(stack, f"roll/c-{i}.jpg", _scene(800 + i)) for i in range(3)}
+    # Then: nothing was lost, the switch happened once, and every later image was classified by v2
+    results = _wait_for_results(stack, {**before, **sent, **after}, timeout=240)
+    versions = [results[k]["models"]["classifier"]["version"] for k in [*before, *sent, *after]]
+    assert versions == sorted(versions)  # v1 ... v1, v2 ... v2: no image went back to v1
+    assert {results[k]["models"]["classifier"]["version"] for k in after} == {"20260102-000000"}
+    assert worker.log_path.read_text().count("-> 20260102-000000") == 1
