@@ -9,6 +9,7 @@ the process environment is put back afterwards. Prints the run's summary as JSON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from vehicle_core.storage import s3_client
 
     settings = load_settings(args.config)
-    with moto_server() as moto, environment(aws_env(moto.endpoint_url)):  # moto's test credentials, then back
+    # stdout carries only the JSON summary: Keras's progress lines go to stderr with the logs.
+    with contextlib.redirect_stdout(sys.stderr), moto_server() as moto, environment(aws_env(moto.endpoint_url)):
         print(f"moto S3 server on {moto.endpoint_url} (gone when this command ends)", file=sys.stderr)
         local = settings.replace(storage={"endpoint_url": moto.endpoint_url})
         s3_client(local.storage).create_bucket(Bucket=args.bucket)

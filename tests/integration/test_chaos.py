@@ -37,7 +37,7 @@ from devstack.demo import (
 )
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import aws_env, free_port, redis_server
-from tests.integration.poison.sitecustomize import POISON
+from tests.integration.poison.sitecustomize import POISON, SLOW_FILE
 from tests.integration.stack import results_under
 from vehicle_core.results import validate_result
 from vehicle_core.synthetic import encode, make_scene
@@ -117,6 +117,7 @@ def chaos(moto_server, classifier_artifact, tmp_path_factory):
             "VP_BROKER__RESTORE_INTERVAL_S": "2",
             "VP_WORKER__RETRY_BACKOFF_MAX_S": "2",
             "VP_STORAGE__MAX_ATTEMPTS": "3",
+            SLOW_FILE: str(log_dir / "slow-classify"),  # exists only while phase 2 wants slow batches
         }
         stack = start_stack((server.url, aws_env(moto_server.endpoint_url)), log_dir=log_dir,
                             classifier=classifier_artifact, flower_port=free_port(), basic_auth="chaos:chaos-pass",
@@ -154,6 +155,8 @@ def test_chaos(chaos):
         classify = chaos.worker("classify-worker")
         stop_process(classify)
         chaos.stack.processes.remove(classify)
+        slow = Path(chaos.stack.env[SLOW_FILE])
+        slow.touch()  # batches now take seconds: the kill below lands while one is held
         keys = chaos.upload("p2", PER_PHASE)
         wait_until(lambda: chaos.broker.llen("classify") >= 16, timeout=180, what="16 crop sets waiting")
         fresh = start_process("classify-worker", worker_argv("classify", "classify@demo"), chaos.stack.env,
@@ -167,6 +170,7 @@ def test_chaos(chaos):
         # Requeued by the worker itself at once, not left for the visibility timeout to bring back
         wait_until(lambda: "requeueing them now" in log.read_text(errors="replace")[seen:],
                    timeout=VISIBILITY_TIMEOUT_S - 10, what="the killed batch requeued")
+        slow.unlink()
         return keys
 
     _phase(chaos, "classify pool process SIGKILL (batch of 16)", classify_pool_killed)
