@@ -69,7 +69,7 @@ class RequeueingBatches(Batches):
                     req.acknowledge()
 
         def on_error(exc_info: Any) -> None:
-            log.error("the process classifying a batch of %d died (%s): requeueing them now", len(late),
+            log.error("the process working on a batch of %d died (%s): requeueing them now", len(late),
                       getattr(exc_info, "exception", exc_info))
             for req in late:
                 req.reject(requeue=True)

@@ -93,12 +93,12 @@ def detect_crop(self, requests) -> dict[str, Any]:
     todo, done = _parse_requests(requests, SourceRef.from_dict)
     requeue: list[str] = []
     ledger, store = holders.ledger.get(), holders.store.get()
-    given_up, groups = ledger.triage(todo, key=lambda item: item[0].id)
+    given_up, groups = ledger.triage(todo, key=lambda item: f"detect:{item[0].id}")
     for (request, source), crashes in given_up:
         done.append((request, _give_up_crashed(store, source, crashes)))
-        ledger.forget([request.id])
+        ledger.forget([f"detect:{request.id}"])
     for group in groups:
-        with ledger.in_flight([request.id for request, _ in group]):
+        with ledger.in_flight([f"detect:{request.id}" for request, _ in group]):
             _detect_group(self, group, done, requeue)
     runtime = time.perf_counter() - started
     metrics.SECONDS.labels(self.name).observe(runtime)
@@ -190,12 +190,12 @@ def classify(self, requests) -> dict[str, Any]:
     todo, done = _parse_requests(requests, CropSet.from_message)
     requeue: list[str] = []
     ledger, store = holders.ledger.get(), holders.store.get()
-    given_up, groups = ledger.triage(todo, key=lambda item: item[0].id)
+    given_up, groups = ledger.triage(todo, key=lambda item: f"classify:{item[0].id}")
     for (request, crop_set), crashes in given_up:
         done.append((request, _give_up_crashed(store, crop_set.source, crashes)))
-        ledger.forget([request.id])
+        ledger.forget([f"classify:{request.id}"])
     for group in groups:
-        with ledger.in_flight([request.id for request, _ in group]):
+        with ledger.in_flight([f"classify:{request.id}" for request, _ in group]):
             _classify_group(self, group, done, requeue)
     runtime = time.perf_counter() - started
     metrics.SECONDS.labels(self.name).observe(runtime)

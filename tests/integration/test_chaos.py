@@ -92,12 +92,9 @@ class Chaos:
     def pool_children(self, name: str) -> list[psutil.Process]:
         return psutil.Process(self.worker(name).pid).children(recursive=True)
 
-    def in_flight(self, task: str = "any") -> list[bytes]:
-        """Crash-ledger marks now set: detect marks are ``<task id>:<retries>``, classify ones bare ids."""
-        keys = self.broker.keys("vp:in-flight:*")
-        if task == "classify":
-            return [k for k in keys if not re.search(rb":\d+$", k)]
-        return keys
+    def in_flight(self, task: str = "*") -> list[bytes]:
+        """Crash-ledger marks now set (the tasks key them ``detect:<id>`` and ``classify:<id>``)."""
+        return self.broker.keys(f"vp:in-flight:{task}:*")
 
 
 
@@ -142,7 +139,7 @@ def test_chaos(chaos):
     # 1. The detect pool process is SIGKILLed while it works on an image: requeued at once.
     def detect_pool_killed():
         keys = chaos.upload("p1", PER_PHASE)
-        wait_until(lambda: len(chaos.in_flight()) >= 1, timeout=120, what="a detect task in flight")
+        wait_until(lambda: len(chaos.in_flight("detect")) >= 1, timeout=120, what="a detect task in flight")
         for child in chaos.pool_children("detect-worker"):
             child.kill()
         return keys
@@ -178,7 +175,7 @@ def test_chaos(chaos):
     # 3. A whole detect worker is SIGKILLed (node lost); another takes over after the visibility timeout.
     def detect_worker_killed():
         keys = chaos.upload("p3", PER_PHASE)
-        wait_until(lambda: len(chaos.in_flight()) >= 1, timeout=120, what="a detect task in flight")
+        wait_until(lambda: len(chaos.in_flight("detect")) >= 1, timeout=120, what="a detect task in flight")
         victim = chaos.worker("detect-worker")
         kill_process(victim)
         chaos.stack.processes.remove(victim)
