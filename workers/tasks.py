@@ -89,21 +89,7 @@ def detect_crop(self, requests) -> dict[str, Any]:
     process died before run alone (workers/crash_ledger.py), and are given up after
     ``worker.max_deliveries`` crashes.
     """
-    started = time.perf_counter()
-    todo, done = _parse_requests(requests, SourceRef.from_dict)
-    requeue: list[str] = []
-    ledger, store = holders.ledger.get(), holders.store.get()
-    given_up, groups = ledger.triage(todo, key=lambda item: f"detect:{item[0].id}")
-    for (request, source), crashes in given_up:
-        done.append((request, _give_up_crashed(store, source, crashes)))
-        ledger.forget([f"detect:{request.id}"])
-    for group in groups:
-        with ledger.in_flight([f"detect:{request.id}" for request, _ in group]):
-            _detect_group(self, group, done, requeue)
-    runtime = time.perf_counter() - started
-    metrics.SECONDS.labels(self.name).observe(runtime)
-    batching.report(self, done, runtime=runtime)
-    return {batching.REQUEUE: requeue, "results": [summary for _, summary in done]}
+    return _run_batch(self, requests, "detect", SourceRef.from_dict, lambda source: source, _detect_group)
 
 
 def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
@@ -186,20 +172,28 @@ def classify(self, requests) -> dict[str, Any]:
     died before are classified one at a time (workers/crash_ledger.py), and given up after
     ``worker.max_deliveries`` crashes. Returns which requests to requeue instead of ack.
     """
+    return _run_batch(self, requests, "classify", CropSet.from_message, lambda crop_set: crop_set.source,
+                      _classify_group)
+
+
+def _run_batch(task, requests, stage: str, parse, source_of, run_group) -> dict[str, Any]:
+    """What both batched tasks do around their work: parse each request, give up on those that
+    killed ``worker.max_deliveries`` processes, run the rest in crash-aware groups (marked in flight
+    as ``<stage>:<id>``), report per request, and say which requests to requeue."""
     started = time.perf_counter()
-    todo, done = _parse_requests(requests, CropSet.from_message)
+    todo, done = _parse_requests(requests, parse)
     requeue: list[str] = []
     ledger, store = holders.ledger.get(), holders.store.get()
-    given_up, groups = ledger.triage(todo, key=lambda item: f"classify:{item[0].id}")
-    for (request, crop_set), crashes in given_up:
-        done.append((request, _give_up_crashed(store, crop_set.source, crashes)))
-        ledger.forget([f"classify:{request.id}"])
+    given_up, groups = ledger.triage(todo, key=lambda item: f"{stage}:{item[0].id}")
+    for (request, item), crashes in given_up:
+        done.append((request, _give_up_crashed(store, source_of(item), crashes)))
+        ledger.forget([f"{stage}:{request.id}"])
     for group in groups:
-        with ledger.in_flight([f"classify:{request.id}" for request, _ in group]):
-            _classify_group(self, group, done, requeue)
+        with ledger.in_flight([f"{stage}:{request.id}" for request, _ in group]):
+            run_group(task, group, done, requeue)
     runtime = time.perf_counter() - started
-    metrics.SECONDS.labels(self.name).observe(runtime)
-    batching.report(self, done, runtime=runtime)
+    metrics.SECONDS.labels(task.name).observe(runtime)
+    batching.report(task, done, runtime=runtime)
     return {batching.REQUEUE: requeue, "results": [summary for _, summary in done]}
 
 
