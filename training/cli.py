@@ -10,6 +10,7 @@
     vehicle-train seed-registry [--artifact DIR]                     # publish (the demo model) if empty
     vehicle-train compare reports/a reports/b
     vehicle-train sweep training/sweeps/demo.yaml --out sweep-out    # grid/random search; rerun to resume
+    vehicle-train sweep s3://b/spec.yaml --out s3://b/sweeps/s1 --via celery   # trials on the train workers
     vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 
 Settings come from ``--config``/``$VP_CONFIG`` and ``VP_TRAINING__*`` variables like every command.
@@ -85,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="grid or random search over training settings and datasets (resumable)")
     s.add_argument("spec", help="sweep spec YAML (local path or s3://), see training/sweep.py")
-    s.add_argument("--out", required=True, help="local folder: a run directory per trial, results.md/.csv, sweep.png")
+    s.add_argument("--out", required=True, help="where trials and results go: a local folder, or an s3:// prefix "
+                   "with --via celery (a run directory per trial, results.md/.csv, sweep.png)")
+    s.add_argument("--via", choices=("local", "celery"), default="local",
+                   help="local: trials in this process (default); celery: each trial a task on the train queue "
+                        "(workers: celery -A training.trial_worker worker -Q train)")
 
     s = sub.add_parser("quickstart", help="synthetic data -> train -> evaluate -> publish, on S3")
     s.add_argument("--bucket", required=True)
@@ -227,7 +232,7 @@ def _compare(args, settings):
 def _sweep(args, settings):
     from training.sweep_run import sweep_command
 
-    return sweep_command(args.spec, Path(args.out), settings)
+    return sweep_command(args.spec, args.out, settings, via=args.via)
 
 
 def _quickstart(args, settings):

@@ -190,12 +190,8 @@ def _image_png(image: np.ndarray, title: str, path: Path) -> None:
 
 def upload_report(report_dir: str | Path, uri: str, storage: StorageSettings) -> str:
     """Copy a report folder to ``uri`` (an ``s3://bucket/prefix``); returns the report.md URI."""
-    store = ObjectStore(storage)
-    base = uri.rstrip("/") + "/"
-    for path in sorted(Path(report_dir).rglob("*")):
-        if path.is_file():
-            store.upload_file(path, base + path.relative_to(report_dir).as_posix())
-    return f"{base}report.md"
+    ObjectStore(storage).upload_tree(report_dir, uri)
+    return uri.rstrip("/") + "/report.md"
 
 
 def compare(reports: list[Evaluation]) -> str:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from typing import Any
 
-from vehicle_core.config import Settings, mask_secret
-from vehicle_core.errors import TransientError
+from training.remote import find_workers, wait_for
+from vehicle_core.config import Settings
 from vehicle_core.storage import ObjectStore
 from workers.messages import CROP_CHUNK_TASK, sender_app
 
@@ -32,18 +31,7 @@ log = logging.getLogger(__name__)
 
 def find_detect_workers(settings: Settings, *, timeout_s: float = 2.0) -> list[str]:
     """Names of the workers consuming the detect queue now; empty when none answers or Redis is down."""
-    from kombu.exceptions import OperationalError
-
-    app = sender_app(settings.broker)
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
-            replies = app.control.inspect(timeout=timeout_s, connection=conn).active_queues() or {}
-    except (OperationalError, ConnectionError, OSError) as exc:
-        log.info("no broker at %s (%s): cropping locally", mask_secret(settings.broker.url), exc)
-        return []
-    queue = settings.broker.detect_queue
-    return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+    return find_workers(settings, settings.broker.detect_queue, timeout_s=timeout_s)
 
 
 class CeleryChunks:
@@ -76,18 +64,6 @@ class CeleryChunks:
         return out
 
     def _wait(self, parts: str, expected: set[str]) -> None:
-        """Poll the parts prefix until every chunk has answered; give up after a stall, not a total."""
-        seen: set[str] = set()
-        last_progress = time.monotonic()
-        while len(seen) < len(expected):
-            found = {info.uri for info in self.store.list(parts + "/")} & expected
-            if len(found) > len(seen):
-                last_progress = time.monotonic()
-                log.info("cropped chunks: %d/%d", len(found), len(expected))
-            seen = found
-            if len(seen) < len(expected):
-                if time.monotonic() - last_progress > self.stall_timeout_s:
-                    raise TransientError(
-                        f"{len(expected) - len(seen)} of {len(expected)} chunks unanswered for "
-                        f"{self.stall_timeout_s:.0f} s: are the detect workers up? (Flower shows the queue)")
-                time.sleep(self.poll_s)  # S3 is the only channel back; a listing per second is cheap
+        wait_for(expected, lambda: {info.uri for info in self.store.list(parts + "/")},
+                 stall_timeout_s=self.stall_timeout_s, poll_s=self.poll_s, what="cropped chunks",
+                 hint="are the detect workers up? (Flower shows the queue)")

@@ -170,11 +170,15 @@ def run_sweep(spec: SweepSpec, out: Path, run_trial: TrialRunner) -> list[dict[s
 def _run_one(trial: Trial, tdir: Path, run_trial: TrialRunner) -> None:
     (tdir / "params.json").write_text(json.dumps(trial.params, indent=2))
     t0 = time.monotonic()
-    metrics = run_trial(trial, tdir)
-    row = {"trial": trial.id, **trial.params, **metrics, "seconds": round(time.monotonic() - t0, 1)}
+    row = trial_row(trial, run_trial(trial, tdir), time.monotonic() - t0)
     tmp = tdir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.rename(tdir / RESULT_FILE)  # last, and atomic: a trial counts as done only once this exists
+
+
+def trial_row(trial: Trial, metrics: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
+    """A finished trial's row of the results table (what ``result.json`` holds)."""
+    return {"trial": trial.id, **trial.params, **metrics, "seconds": round(seconds, 1), **extra}
 
 
 def ranked(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -246,21 +250,26 @@ def trial_settings(spec: SweepSpec, trial: Trial, base: TrainingSettings) -> Tra
     return dataclasses.replace(base, **changes)
 
 
-def dataset_roots(spec: SweepSpec, settings: Settings, out: Path) -> dict[str, str]:
-    """Name -> dataset root; a ``synthetic`` entry writes scenes and their crops under ``OUT/data`` once."""
+def dataset_roots(spec: SweepSpec, settings: Settings, out: str | Path, *, create: bool = True) -> dict[str, str]:
+    """Name -> dataset root; a ``synthetic`` entry writes scenes and their crops under ``OUT/data`` once
+    (``OUT`` a local folder or an ``s3://`` prefix). ``create=False`` (a train worker): only find them."""
     roots = {k: str(v) for k, v in spec.data.items() if k != "synthetic"}
     synth = spec.data.get("synthetic")
     if synth:
-        from training.crops import crop_dataset
-        from training.synthetic_datasets import write_scene_dataset
         from vehicle_core.storage import ObjectStore
 
-        scenes, crops = out / "data" / "scenes", out / "data" / "crops"
-        done = out / "data" / "done.json"
-        if not done.is_file():  # written last: an interrupted data step is redone from scratch
-            store = ObjectStore(settings.storage)
-            write_scene_dataset(str(scenes), store, n=int(synth.get("scenes", 240)), seed=int(synth.get("seed", 3)))
-            rows = crop_dataset(str(scenes), str(crops), settings, use_ground_truth=bool(synth.get("ground_truth")))
-            done.write_text(json.dumps({"crops": sum("key" in r for r in rows)}))
-        roots.update(full=str(scenes), crops=str(crops))
+        base = str(out).rstrip("/") + "/data"
+        scenes, crops, done = f"{base}/scenes", f"{base}/crops", f"{base}/done.json"
+        store = ObjectStore(settings.storage)
+        if store.get_json(done) is None:  # written last: an interrupted data step is redone from scratch
+            if not create:
+                raise ValueError(f"the sweep's synthetic data is not written yet ({done} missing): "
+                                 "the sweep command writes it before sending trials")
+            from training.crops import crop_dataset
+            from training.synthetic_datasets import write_scene_dataset
+
+            write_scene_dataset(scenes, store, n=int(synth.get("scenes", 240)), seed=int(synth.get("seed", 3)))
+            rows = crop_dataset(scenes, crops, settings, use_ground_truth=bool(synth.get("ground_truth")))
+            store.put_json(done, {"crops": sum("key" in r for r in rows)})
+        roots.update(full=scenes, crops=crops)
     return roots

@@ -1,7 +1,9 @@
-"""``vehicle-train sweep``: the trials of a :mod:`training.sweep` spec trained in this process.
+"""``vehicle-train sweep``: the trials of a :mod:`training.sweep` spec, trained here or on train workers.
 
-Trials run one after another in a process; start the command several times on the same ``--out``
-(or on several machines sharing it) and the processes split the trials between them.
+Locally (``--via local``, the default) trials run one after another in this process; start the
+command several times on the same ``--out`` folder and the processes split the trials between them.
+With ``--via celery`` each trial is a task on the ``train`` queue (:mod:`training.remote_sweep`) and
+``--out`` is an ``s3://`` prefix.
 """
 
 from __future__ import annotations
@@ -63,36 +65,49 @@ class LocalTrials:
                       {k: v for k, v in metrics.items() if v is not None}, trial.id)
         return metrics
 
-    def test_score(self, best: dict[str, Any], out: Path) -> dict[str, Any]:
+    def test_score(self, best: dict[str, Any], artifact: str | Path) -> dict[str, Any]:
         """The best trial's artifact scored on its dataset's test split."""
         from training.evaluate import evaluate_artifact
 
         trial = Trial(id=best["trial"], params={k: best[k] for k in self.spec.space})
         index = self.index(self.dataset_of(trial))
-        artifact = out / "trials" / trial.id / "run" / "artifact"
         evaluation, _ = evaluate_artifact(artifact, index, index.split("test"), self.store, split="test")
         return {"trial": trial.id, "dataset": self.dataset_of(trial), "test_accuracy": evaluation.accuracy,
                 "test_images": evaluation.n_images}
 
 
-def sweep_command(spec_path: str, out: Path, settings: Settings) -> dict[str, Any]:
+def sweep_command(spec_path: str, out: str, settings: Settings, *, via: str = "local") -> dict[str, Any]:
     """Run (or resume) a sweep; write the tables, the plot and the best trial's test score."""
     from vehicle_core.storage import ObjectStore
 
     text = ObjectStore(settings.storage).read(spec_path).decode()
     spec = SweepSpec.load(text)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.yaml").write_text(text)
-    trials = LocalTrials(spec, settings, dataset_roots(spec, settings, out))
-    rows = run_sweep(spec, out, trials)
+    if via == "celery":
+        from training.remote_sweep import sweep_on_train_workers  # the one place a sweep needs Celery
+
+        return sweep_on_train_workers(spec, text, out, settings)
+    if out.startswith("s3://"):
+        raise ValueError("a local sweep writes to a local folder; --out s3://... needs --via celery")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.yaml").write_text(text)
+    trials = LocalTrials(spec, settings, dataset_roots(spec, settings, out_dir))
+    rows = run_sweep(spec, out_dir, trials)
     if len(rows) < len(expand(spec)):
         return {"finished": len(rows), "trials": len(expand(spec)), "note": "others still running; rerun to gather"}
-    best = out / "best.json"
+    return finish_sweep(spec, rows, out_dir, lambda best: trials.test_score(
+        best, out_dir / "trials" / best["trial"] / "run" / "artifact"))
+
+
+def finish_sweep(spec: SweepSpec, rows: list[dict[str, Any]], out_dir: Path, test_score) -> dict[str, Any]:
+    """The best trial's test score (computed once, kept in ``best.json``), ``results.md``/``.csv`` and
+    ``sweep.png`` in ``out_dir``. ``rows`` ranked best first; ``test_score(best_row) -> dict``."""
+    best = out_dir / "best.json"
     best_test = json.loads(best.read_text()) if best.is_file() else None
     if not best_test or best_test["trial"] != rows[0]["trial"]:
-        best_test = trials.test_score(rows[0], out)
+        best_test = test_score(rows[0])
         best.write_text(json.dumps(best_test, indent=2))
-    table = write_tables(rows, spec, out, best_test)
-    plot(rows, spec, out / "sweep.png")
-    return {"trials": len(rows), "best": best_test, "table": str(out / "results.md"), "plot": str(out / "sweep.png"),
-            "markdown": table}
+    table = write_tables(rows, spec, out_dir, best_test)
+    plot(rows, spec, out_dir / "sweep.png")
+    return {"trials": len(rows), "best": best_test, "table": str(out_dir / "results.md"),
+            "plot": str(out_dir / "sweep.png"), "markdown": table}

@@ -94,6 +94,8 @@ class BrokerSettings:
     restore_interval_s: int
     detect_queue: str
     classify_queue: str
+    train_queue: str = "train"
+    train_visibility_timeout_s: int = 43200
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,12 @@ def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
     from workers.app import app
     from workers.flower_server import list_queues_always, project_queues
 
-    assert project_queues(app.conf) == {"detect", "classify"}
+    assert project_queues(app.conf) == {"detect", "classify", "train"}
     only_classify = {"classify@h": {"active_queues": [{"name": "classify"}]}}
     handler = SimpleNamespace(application=SimpleNamespace(workers=only_classify), capp=app)
     assert BaseHandler.get_active_queue_names(handler) == ["classify"]  # Flower's own answer: the bug
     list_queues_always(project_queues(app.conf))
-    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect"]
+    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect", "train"]
     handler.application.workers = {}
-    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect"]
+    assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect", "train"]
     assert flower_command(FLOWER)[1:3] == ["-m", "workers.flower_server"]

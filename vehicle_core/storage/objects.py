@@ -231,6 +231,16 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "PUT", uri) from exc
 
+    def upload_tree(self, folder: str | Path, uri: str) -> list[str]:
+        """Copy every file under a local folder to ``uri`` + its relative path; the URIs written."""
+        base, folder = uri.rstrip("/") + "/", Path(folder)
+        written = []
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                written.append(base + path.relative_to(folder).as_posix())
+                self.upload_file(path, written[-1])
+        return written
+
     def download_file(self, uri: str, path: str | Path) -> None:
         """Copy the object at ``uri`` to a local file."""
         bucket, key = parse_s3_uri(uri)
