@@ -330,6 +330,10 @@ def run_demo(args: argparse.Namespace) -> int:
             uploads = demo_images(args.images, args.seed)
             for key, data, _ in uploads:
                 stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)
+            auth = settings.flower.basic_auth or DEMO_CREDENTIALS
+            if args.flower_screenshots:  # the queues while the uploads flow through them
+                flower_screenshot(stack, auth, "broker", Path(args.flower_screenshots) / "flower-queues.png",
+                                  when=lambda: queued(stack) > 0)
             keys = [key for key, _, _ in uploads]
             log.info("uploaded %d objects to s3://%s/incoming/; waiting for their results", len(keys), stack.bucket)
             done: dict[str, dict] = {}
@@ -343,6 +347,9 @@ def run_demo(args: argparse.Namespace) -> int:
                        progress=lambda: f"{len(done)}/{len(keys)} results")
             print_table([(k, expected) for k, _, expected in uploads], done)
             gallery = write_demo_gallery(uploads, done, Path(args.gallery), origin=f"s3://{stack.bucket}/results/")
+            if args.flower_screenshots:
+                flower_screenshot(stack, auth, "", Path(args.flower_screenshots) / "flower-workers.png",
+                                  when=lambda: True)
             print(f"\nFlower: {stack.flower_url}   logs: {log_dir}   took {time.monotonic() - started:.0f}s")
             if args.stay_up:
                 print_upload_help(stack, aws)
@@ -352,6 +359,36 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             stop_stack(stack)
     return 0
+
+
+def queued(stack: Stack) -> int:
+    """Messages waiting in the detect and classify queues (Redis lists) now."""
+    import redis
+
+    from vehicle_core.config import load_settings
+
+    broker = load_settings().broker
+    client = redis.Redis.from_url(stack.broker_url)
+    return sum(client.llen(q) for q in (broker.detect_queue, broker.classify_queue))
+
+
+def flower_screenshot(stack: Stack, auth: str, page: str, out: Path, *, when: Callable[[], bool],
+                      timeout_s: float = 30) -> Path | None:
+    """A screenshot of one of Flower's pages once ``when()`` holds (or after ``timeout_s`` anyway);
+    None, with a warning, where chromium is missing."""
+    from devstack.browser import chromium_binary, screenshot
+
+    if chromium_binary() is None:
+        log.warning("no chromium: no screenshot of Flower (apt-get install chromium)")
+        return None
+    try:
+        wait_until(when, timeout=timeout_s, what=f"the moment for {out.name}", interval=0.2)
+    except DeadlineExceeded:
+        log.info("taking %s anyway", out.name)
+    host = stack.flower_url.removeprefix("http://")
+    path = screenshot(f"http://{auth}@{host}/{page}", out, size=(1200, 520), palette=True)
+    print(f"Flower screenshot: {path}")
+    return path
 
 
 def _stay_up() -> None:
@@ -426,6 +463,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="where to write the results gallery (default: demo-out/gallery.html)")
     parser.add_argument("--classifier", type=_existing, help="classifier artifact to serve instead of the cached demo one")
     parser.add_argument("--stay-up", action="store_true", help="keep everything running until Ctrl-C")
+    parser.add_argument("--flower-screenshots", metavar="DIR",
+                        help="save Flower's queue page (while the images flow) and workers page (at the end) "
+                             "as DIR/flower-queues.png and DIR/flower-workers.png (needs chromium)")
     parser.add_argument("--log-level", type=log_level, default="INFO", help="debug, info (default), warning, error")
     return parser
 

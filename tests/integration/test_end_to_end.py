@@ -158,6 +158,23 @@ def test_flower_lists_both_workers_with_basic_auth_and_refuses_without(stack):
     assert status == 200 and tasks and all("batch_images" in (t.get("result") or "") for t in tasks)
 
 
+def test_flower_pages_render_every_queue_in_chromium(stack, tmp_path):
+    """What `vehicle-demo --flower-screenshots` saves: Flower's broker page, rendered in headless
+    Chromium with the basic-auth credentials, lists all three routed queues."""
+    from devstack.browser import chromium_binary, dump_dom
+    from devstack.demo import flower_screenshot
+    from tests.conftest import skip_or_fail
+
+    if chromium_binary() is None:
+        skip_or_fail("chromium is not installed (apt-get install chromium)")
+    host = stack.flower_url.removeprefix("http://")
+    dom = dump_dom(f"http://{AUTH}@{host}/broker")
+    assert all(f">{queue}<" in dom.replace(" ", "") for queue in ("detect", "classify", "train")), dom[-3000:]
+    assert ">detect<" not in dump_dom(f"http://tester:wrong@{host}/broker").replace(" ", "")  # no auth, no queues
+    png = flower_screenshot(stack, AUTH, "broker", tmp_path / "flower.png", when=lambda: True)
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def _detect_unacked(client) -> int:
     """Messages of the detect queue delivered to a worker and not yet acked."""
     return sum(json.loads(v)[2] == "detect" for v in client.hvals("unacked"))
