@@ -11,7 +11,10 @@ Each row runs its whole batch in one forward pass.
     python -m vehicle_core.bench --skip-classifier --detector-arch maskrcnn_resnet101_fpn \
         --detector-min-size 800 --detector-batches 1,8  # the card's R101-FPN, untrained, torchvision
 
-The end-to-end figure (workers, queues, S3) is ``python -m devstack.bench pipeline``.
+The end-to-end figure (workers, queues, S3) and the enqueue rate run as other commands, started from
+here by name: ``python -m vehicle_core.bench pipeline --images 200`` (``python -m devstack.bench
+pipeline``) and ``python -m vehicle_core.bench enqueue --keys 20000`` (``python -m
+producer.bench_enqueue --start-redis``).
 """
 
 from __future__ import annotations
@@ -182,17 +185,30 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-PIPELINE_POINTER = ("the end-to-end benchmark starts the whole stack, so it lives in devstack: "
-                    "python -m devstack.bench pipeline --images 200")
+#: ``python -m vehicle_core.bench pipeline|enqueue ...`` runs these commands: they start servers and
+#: workers, which the library may not import (tests/test_import_directions.py), so they are run by
+#: module name in a new process, not imported.
+DELEGATED = {"pipeline": ("devstack.bench", "pipeline"), "enqueue": ("producer.bench_enqueue",)}
+
+
+def delegated_argv(argv: Sequence[str]) -> list[str] | None:
+    """The command line a ``pipeline`` or ``enqueue`` subcommand runs; None for the model benchmark."""
+    if not argv or argv[0] not in DELEGATED:
+        return None
+    rest = list(argv[1:])
+    if argv[0] == "enqueue" and "--broker" not in rest and "--start-redis" not in rest:
+        rest.insert(0, "--start-redis")  # a throwaway redis-server unless a broker is named
+    return ["-m", *DELEGATED[argv[0]], *rest]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import subprocess
     import sys
 
-    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["pipeline"]:
-        # The library may not import devstack (tests/test_import_directions.py): point there instead.
-        print(PIPELINE_POINTER, file=sys.stderr)
-        raise SystemExit(2)
+    command = delegated_argv(sys.argv[1:] if argv is None else list(argv))
+    if command is not None:
+        print(f"running: python {' '.join(command)}", file=sys.stderr, flush=True)
+        raise SystemExit(subprocess.call([sys.executable, *command]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")
     parser.add_argument("--classifier-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")
