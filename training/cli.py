@@ -9,7 +9,7 @@
     vehicle-train models list|promote VERSION|rollback [--registry s3://b/models/classifier]
     vehicle-train seed-registry [--artifact DIR]                     # publish (the demo model) if empty
     vehicle-train compare reports/a reports/b
-    vehicle-train sweep training/sweeps/demo.yaml --out sweep-out    # grid/random search; rerun to resume
+    vehicle-train sweep training/sweeps/card.yaml --out sweep-card   # grid/random search; rerun to resume
     vehicle-train sweep s3://b/spec.yaml --out s3://b/sweeps/s1 --via celery   # trials on the train workers
     vehicle-train quickstart --bucket b                               # all of it, end to end (make quickstart: on a loopback S3)
 

@@ -157,3 +157,17 @@ def test_a_trial_locked_by_another_process_is_left_to_it(tmp_path):
     assert calls == [t.id for t in trials[1:]]
     assert len(rows) == 7
     assert len(run_sweep(spec, tmp_path, fake_trainer(calls))) == 8  # lock gone: the rerun trains it
+
+
+def test_the_shipped_specs_parse_and_name_real_settings():
+    from pathlib import Path
+
+    specs = sorted((Path(__file__).resolve().parents[2] / "training" / "sweeps").glob("*.yaml"))
+    assert {p.name for p in specs} >= {"card.yaml", "demo.yaml"}
+    base = load_settings(env={}).training
+    for path in specs:
+        spec = SweepSpec.load(path.read_text())
+        trials = expand(spec)
+        assert len(trials) >= 8, path
+        for trial in trials:
+            trial_settings(spec, trial, base)  # every base and space key is a real training setting
