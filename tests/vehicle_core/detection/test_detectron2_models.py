@@ -203,9 +203,10 @@ def test_shipped_model_finds_the_vehicles_of_held_out_scenes(d2, tmp_path):
     truths = [o for s in scenes for o in s.objects]
     hits = sum(any(d.label == o.detector_class and box_iou(d.box, o.box) >= 0.5 for d in dets)
                for s, dets in zip(scenes, found, strict=True) for o in s.objects)
-    # The shipped model is under-trained (held-out recall 0.29 at IoU 0.5 on 256 px scenes); it found 10 of
-    # these 18 vehicles when committed. A broken load path (wrong weights, class ids, input format) finds ~0.
-    assert hits >= 0.4 * len(truths), (hits, len(truths))
+    # The shipped model's held-out recall is 0.97 at IoU 0.5 on 256 px scenes; it found 16 of these 18
+    # vehicles when committed (the under-trained one before it: 10). A broken load path (wrong weights,
+    # class ids, input format) finds ~0.
+    assert hits >= 0.75 * len(truths), (hits, len(truths))
 
 
 @pytest.fixture(scope="module")
