@@ -39,7 +39,9 @@ detectron2:
 	if ! ls "$$dir"/detectron2-*.whl >/dev/null 2>&1; then \
 	  echo "Building Detectron2 $(D2_COMMIT) from $(D2_TARBALL) (a few minutes, once; cached in $$dir)"; \
 	  mkdir -p "$(WHEEL_CACHE)"; tmp=$$(mktemp -d "$(WHEEL_CACHE)/.build-XXXXXX"); chmod 755 "$$tmp"; \
+	  start=$$(date +%s); \
 	  $(BIN)/pip wheel --quiet --no-build-isolation --no-deps -w "$$tmp" "$(D2_TARBALL)"; \
+	  echo "Detectron2 wheel built in $$(( $$(date +%s) - start )) s"; \
 	  rm -rf "$$dir"; mv "$$tmp" "$$dir"; \
 	fi; \
 	$(BIN)/pip install --quiet "$$dir"/detectron2-*.whl; \
