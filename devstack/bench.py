@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,10 @@ def make_scenes(n: int, size: tuple[int, int], seed: int, prefix: str) -> list[t
     return [(f"{prefix}{i:05d}.jpg", encode(make_scene(rng, size=size).image, ".jpg")) for i in range(n)]
 
 
-def wait_for_results(s3, bucket: str, keys: list[str], processes: list[Process], timeout: float) -> dict[str, dict]:
-    """Every key's result document, polling one LIST per round (the GETs only for new ones)."""
+def wait_for_results(s3, bucket: str, keys: list[str], processes: list[Process], timeout: float,
+                     on_progress: Callable[[int], None] | None = None) -> dict[str, dict]:
+    """Every key's result document, polling one LIST per round (the GETs only for new ones);
+    ``on_progress(results so far)`` after each round."""
     done: dict[str, dict] = {}
     wanted = set(keys)
 
@@ -99,6 +101,8 @@ def wait_for_results(s3, bucket: str, keys: list[str], processes: list[Process],
                 key = obj["Key"][len("results/") : -len(".json")]
                 if key in wanted and key not in done:
                     done[key] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        if on_progress:
+            on_progress(len(done))
         return len(done) == len(wanted)
 
     wait_until(all_done, timeout=timeout, what=f"{len(keys)} results", interval=0.5,
@@ -176,6 +180,38 @@ class Meter:
                 "classify_batches": dict(figs.batch_histogram(classify_log, r"classify batch: (\d+) images"))}
 
 
+class RssProbe:
+    """Resident memory of each worker (its main process and pool children, MiB) when the results
+    first reach ``at`` and at the end: a worker that leaks grows between the two."""
+
+    def __init__(self, procs: list[Process], at: int | None) -> None:
+        self.workers = [p for p in procs if "worker" in p.name]
+        self.at = at
+        self.samples: dict[str, dict[str, float]] = {}
+
+    def __call__(self, results: int) -> None:
+        if self.at and results >= self.at and "first" not in self.samples:
+            self.samples["first"] = self.rss()
+
+    def rss(self) -> dict[str, float]:
+        import psutil
+
+        out = {}
+        for proc in self.workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                out[proc.name] = sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20
+        return out
+
+    def figures(self, total: int) -> dict[str, Any] | None:
+        if not self.at or "first" not in self.samples:
+            return None
+        last = self.rss()
+        return {"after_images": [self.at, total], "mib": {name: [round(self.samples["first"][name], 1),
+                                                                 round(last[name], 1)]
+                                                          for name in last if name in self.samples["first"]}}
+
+
 def _read_from(path: Path, offset: int) -> str:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -229,20 +265,24 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             uploaded = upload_scenes(s3, args.bucket, warm)
             wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout)
             start = meter.snapshot()
+            rss = RssProbe(procs, args.rss_after)
             log.info("uploading %d images to s3://%s/bench/", args.images, args.bucket)
             uploaded = upload_scenes(s3, args.bucket, scenes)
-            docs = wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout)
+            docs = wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout, on_progress=rss)
             measured = meter.since(start, meter.snapshot(), args.images)
+            measured["worker_rss"] = rss.figures(args.images)
         finally:
             for proc in procs:
                 stop_process(proc)
-        log.info("all results in; the same models in one process over the same objects")
-        inproc = run_inprocess(env, args.bucket, [k for k, _ in scenes], [k for k, _ in warm], log_dir)
+        inproc = None
+        if not args.skip_inprocess:
+            log.info("all results in; the same models in one process over the same objects")
+            inproc = run_inprocess(env, args.bucket, [k for k, _ in scenes], [k for k, _ in warm], log_dir)
     fig = figs.result_figures(docs, uploaded)
     fig.update(measured)
     fig.update(images=args.images, image_size=f"{width}x{height}", stack=_stack_text(args),
-               inprocess_images_per_s=inproc["images_per_s"], inprocess=inproc,
-               efficiency=fig["e2e_images_per_s"] / inproc["images_per_s"], machine=_machine())
+               inprocess_images_per_s=inproc and inproc["images_per_s"], inprocess=inproc,
+               efficiency=inproc and fig["e2e_images_per_s"] / inproc["images_per_s"], machine=_machine())
     return fig
 
 
@@ -282,7 +322,7 @@ def _machine() -> str:
 def print_report(fig: dict[str, Any]) -> None:
     print(f"\nmachine: {fig['machine']}\n")
     print("\n".join(figs.table_lines(fig)))
-    print(f"\nefficiency {fig['efficiency']:.2f}")
+    print("\nefficiency n/a (--skip-inprocess)" if fig["efficiency"] is None else f"\nefficiency {fig['efficiency']:.2f}")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -329,6 +369,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--classifier", help="classifier artifact (default: the demo classifier, trained once and cached)")
     b.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the workers, and for the results")
     b.add_argument("--json", help="write every figure to this JSON file")
+    b.add_argument("--rss-after", type=_positive, metavar="N",
+                   help="also report each worker's RSS once N results are in and at the end (a soak: "
+                        "--images 10000 --rss-after 1000)")
+    b.add_argument("--skip-inprocess", action="store_true",
+                   help="no in-process comparison run (no efficiency figure): for long soaks")
     b.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-bench-logs"),
                    help="where each process writes its log")
     return p
