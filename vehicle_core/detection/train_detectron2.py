@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vehicle_core.detection.base import box_iou
 from vehicle_core.detection.detectron2_backend import (
     build_cfg,
     build_model,
@@ -29,7 +28,7 @@ from vehicle_core.detection.detectron2_backend import (
     export_artifact,
     load_weights,
 )
-from vehicle_core.detection.train_synthetic import SCENE, SIZE
+from vehicle_core.detection.train_synthetic import SCENE, SIZE, score_held_out, time_per_image
 from vehicle_core.synthetic import make_scene
 
 NAME = "synthetic-d2-maskrcnn-small"
@@ -139,46 +138,29 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | No
 
 @torch.inference_mode()
 def evaluate(model, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str, float]:
-    """Recall (IoU >= 0.5, right COCO class) and precision at ``threshold`` on ``n`` fresh scenes."""
+    """Recall (IoU >= 0.5, right COCO class) and precision at ``threshold`` on ``n`` fresh scenes,
+    scored as the torchvision model is (``train_synthetic.score_held_out``)."""
     classes = coco_thing_classes()
     # Boxes under the threshold are not scored; not producing them spares pasting their masks.
     predictor = model.roi_heads.box_predictor
     saved, predictor.test_score_thresh = predictor.test_score_thresh, threshold
-    rng = np.random.default_rng(seed)
-    truths = found = matched_truth = matched_pred = 0
-    for _ in range(n):
-        scene = make_scene(rng, **SCENE)
+
+    def predict(scene):
         inst = model([_input(scene)])[0]["instances"]
         keep = inst.scores >= threshold
-        preds = [(b, classes[int(c)]) for b, c in
-                 zip(inst.pred_boxes.tensor[keep].tolist(), inst.pred_classes[keep], strict=True)]
-        truths += len(scene.objects)
-        found += len(preds)
-        used: set[int] = set()
-        for o in scene.objects:
-            for j, (b, c) in enumerate(preds):
-                if j not in used and c == o.detector_class and box_iou(b, o.box) >= 0.5:
-                    used.add(j)
-                    matched_truth += 1
-                    break
-        matched_pred += len(used)
-    predictor.test_score_thresh = saved
-    return {"recall_iou50": round(matched_truth / max(1, truths), 3),
-            "precision_iou50": round(matched_pred / max(1, found), 3), "eval_scenes": n}
+        return [(b, classes[int(c)]) for b, c in
+                zip(inst.pred_boxes.tensor[keep].tolist(), inst.pred_classes[keep], strict=True)]
+
+    try:
+        return score_held_out(predict, seed, n)
+    finally:
+        predictor.test_score_thresh = saved
 
 
-@torch.inference_mode()
 def time_cpu(model, batch: int, repeats: int = 5) -> float:
     """Median ms per image on CPU at ``batch`` images per forward pass."""
     rng = np.random.default_rng(123)
-    inputs = [_input(make_scene(rng, **SCENE)) for _ in range(batch)]
-    model(inputs)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(inputs)
-        times.append((time.perf_counter() - t) * 1000 / batch)
-    return round(float(np.median(times)), 1)
+    return time_per_image(model, [_input(make_scene(rng, **SCENE)) for _ in range(batch)], repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

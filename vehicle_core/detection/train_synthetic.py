@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vehicle_core.detection.base import box_iou
 from vehicle_core.detection.torchvision_backend import COCO_CATEGORIES, build_arch
 from vehicle_core.synthetic import make_scene
 
@@ -61,29 +63,23 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4) -> tuple[torch.
     return model.eval(), step
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+Predictions = list[tuple[list[float], str]]
 
 
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str, float]:
-    """Recall (IoU >= 0.5, right COCO class) and precision at ``threshold`` on ``n`` fresh scenes."""
+def score_held_out(predict: Callable[[object], Predictions], seed: int, n: int = 100) -> dict[str, float]:
+    """Recall (IoU >= 0.5, right COCO class) and precision of ``predict(scene) -> [(box, class)]`` (the
+    detections above the score threshold) on ``n`` fresh scenes; both training scripts score this way."""
     rng = np.random.default_rng(seed)
     truths = found = matched_truth = matched_pred = 0
     for _ in range(n):
         scene = make_scene(rng, **SCENE)
-        r = model([_tensor(scene.image)])[0]
-        keep = r["scores"] >= threshold
-        preds = [(b, COCO_CATEGORIES[int(c)]) for b, c in zip(r["boxes"][keep].tolist(), r["labels"][keep], strict=True)]
+        preds = predict(scene)
         truths += len(scene.objects)
         found += len(preds)
         used: set[int] = set()
         for o in scene.objects:
             for j, (b, c) in enumerate(preds):
-                if j not in used and c == o.detector_class and _iou(b, o.box) >= 0.5:
+                if j not in used and c == o.detector_class and box_iou(b, o.box) >= 0.5:
                     used.add(j)
                     matched_truth += 1
                     break
@@ -93,17 +89,33 @@ def evaluate(model: torch.nn.Module, seed: int, n: int = 100, threshold: float =
 
 
 @torch.inference_mode()
-def time_cpu(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
-    """Median ms per image on CPU at ``batch`` images per forward pass."""
-    rng = np.random.default_rng(123)
-    images = [_tensor(make_scene(rng, **SCENE).image) for _ in range(batch)]
-    model(images)  # warm-up
+def evaluate(model: torch.nn.Module, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str, float]:
+    """:func:`score_held_out` of the torchvision model at ``threshold``."""
+
+    def predict(scene) -> Predictions:
+        r = model([_tensor(scene.image)])[0]
+        keep = r["scores"] >= threshold
+        return [(b, COCO_CATEGORIES[int(c)]) for b, c in zip(r["boxes"][keep].tolist(), r["labels"][keep], strict=True)]
+
+    return score_held_out(predict, seed, n)
+
+
+@torch.inference_mode()
+def time_per_image(model: torch.nn.Module, inputs: list, repeats: int = 5) -> float:
+    """Median ms per image of ``model(inputs)`` (one forward pass over the batch), after a warm-up."""
+    model(inputs)  # warm-up
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        model(images)
-        times.append((time.perf_counter() - t) * 1000 / batch)
+        model(inputs)
+        times.append((time.perf_counter() - t) * 1000 / len(inputs))
     return round(float(np.median(times)), 1)
+
+
+def time_cpu(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
+    """Median ms per image on CPU at ``batch`` images per forward pass."""
+    rng = np.random.default_rng(123)
+    return time_per_image(model, [_tensor(make_scene(rng, **SCENE).image) for _ in range(batch)], repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
