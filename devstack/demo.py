@@ -332,8 +332,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)
             auth = settings.flower.basic_auth or DEMO_CREDENTIALS
             if args.flower_screenshots:  # the queues while the uploads flow through them
+                queued = queue_counter(stack, settings)
                 flower_screenshot(stack, auth, "broker", Path(args.flower_screenshots) / "flower-queues.png",
-                                  when=lambda: queued(stack) > 0)
+                                  when=lambda: queued() > 0)
             keys = [key for key, _, _ in uploads]
             log.info("uploaded %d objects to s3://%s/incoming/; waiting for their results", len(keys), stack.bucket)
             done: dict[str, dict] = {}
@@ -361,15 +362,13 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def queued(stack: Stack) -> int:
-    """Messages waiting in the detect and classify queues (Redis lists) now."""
+def queue_counter(stack: Stack, settings) -> Callable[[], int]:
+    """A function giving the messages waiting in the detect and classify queues (Redis lists) now."""
     import redis
 
-    from vehicle_core.config import load_settings
-
-    broker = load_settings().broker
     client = redis.Redis.from_url(stack.broker_url)
-    return sum(client.llen(q) for q in (broker.detect_queue, broker.classify_queue))
+    queues = (settings.broker.detect_queue, settings.broker.classify_queue)
+    return lambda: sum(client.llen(q) for q in queues)
 
 
 def flower_screenshot(stack: Stack, auth: str, page: str, out: Path, *, when: Callable[[], bool],
