@@ -65,3 +65,15 @@ def tiny_image_folder(tmp_path_factory) -> Path:
     write_labelled_images(root / "train", per_class=12, seed=1)
     write_labelled_images(root / "val", per_class=4, seed=2)
     return root
+
+
+def tiny_training(**changes):
+    """Training settings small enough for a test: 32 px, batches of 8, one epoch per stage, the top 12
+    layers fine-tuned, no ImageNet weights, augmentation on; ``changes`` override any of them."""
+    import dataclasses
+
+    from vehicle_core.config import load_settings
+
+    small = {"image_size": 32, "batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "finetune_layers": 12,
+             "imagenet_weights": "none", "augment": True}
+    return dataclasses.replace(load_settings(env={}).training, **{**small, **changes})

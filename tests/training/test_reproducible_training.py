@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures_models import tiny_training
 from training.dataset import index_dataset
 from training.train import train_classifier
-from vehicle_core.config import load_settings
 from vehicle_core.storage import ObjectStore
 
 
 def _tiny_settings(**changes):
-    base = load_settings(env={}).training
-    small = {
-        "image_size": 32,
-        "batch_size": 8,
-        "head_epochs": 1,
-        "finetune_epochs": 2,
-        "finetune_layers": 12,
-        "imagenet_weights": "none",
-        "augment": True,  # its random draws must repeat too
-        "lr_schedule": "cosine",
-        "deterministic": True,
-        "early_stopping_patience": 5,
-    }
-    return dataclasses.replace(base, **{**small, **changes})
+    # Two fine-tuning epochs and the schedule and determinism spelled out: this test is about them.
+    return tiny_training(**{"finetune_epochs": 2, "lr_schedule": "cosine", "deterministic": True,
+                            "early_stopping_patience": 5, **changes})
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
 
+from tests.fixtures_models import tiny_training
 from training.dataset import index_dataset
 from training.train import train_classifier
 from vehicle_core.classifier import VehicleClassifier, load_artifact
-from vehicle_core.config import load_settings
 from vehicle_core.storage import ObjectStore
 
 
@@ -41,18 +39,7 @@ class EpochsSeen(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
-def _tiny_settings(**changes):
-    base = load_settings(env={}).training
-    small = {
-        "image_size": 32,
-        "batch_size": 8,
-        "head_epochs": 1,
-        "finetune_epochs": 1,
-        "finetune_layers": 12,
-        "imagenet_weights": "none",
-        "augment": True,
-    }
-    return dataclasses.replace(base, **{**small, **changes})
+_tiny_settings = tiny_training
 
 
 def test_tiny_run_saves_a_loadable_artifact_with_its_settings(tiny_image_folder, tmp_path):
