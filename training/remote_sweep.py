@@ -63,9 +63,12 @@ def sweep_on_train_workers(spec: SweepSpec, text: str, out: str, settings: Setti
         app.send_task(TRAIN_TRIAL_TASK, args=[spec_uri, trial.id, out])  # routed to the train queue
     log.info("sent %d of %d trials to queue %r (workers: %s)", len(pending), len(trials), queue, ", ".join(workers))
 
-    def answered() -> set[str]:
-        return {t.id for t in pending if store.head(trial_uri(out, t.id, RESULT)) is not None
-                or store.head(trial_uri(out, t.id, ERROR)) is not None}
+    seen: set[str] = set()
+
+    def answered() -> set[str]:  # HEADs only for trials not answered yet: an answer stays
+        seen.update(t.id for t in pending if t.id not in seen and (
+            store.head(trial_uri(out, t.id, RESULT)) is not None or store.head(trial_uri(out, t.id, ERROR)) is not None))
+        return seen
 
     wait_for({t.id for t in pending}, answered, poll_s=poll_s, what="trials answered",
              stall_timeout_s=stall_timeout_s or settings.broker.train_visibility_timeout_s,
