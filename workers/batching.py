@@ -51,6 +51,16 @@ class RequeueingBatches(Batches):
     #: seconds a batch may run: soft limit raises inside it, the hard one (30 s later) kills the process.
     time_limit_s: float | None = None
 
+    def Strategy(self, task, app, consumer):  # noqa: N802 - celery's name
+        # Celery builds the strategy again when its consumer restarts (a broker reconnect). celery-batches
+        # starts its interval-flush timer only when ``_tref`` is None, so a timer entry left from the old
+        # consumer would keep a new partial batch waiting for a size flush (seen once in the chaos test
+        # after a Redis restart: one request held until shutdown). Start from no timer.
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        return super().Strategy(task, app, consumer)
+
     def flush(self, requests):
         late = [r for r in requests if r.task.acks_late]
         early = [r for r in requests if not r.task.acks_late]
