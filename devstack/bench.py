@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,15 @@ def endpoints(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str], i
         yield broker, aws, moto_pid
 
 
-def upload_scenes(s3, bucket: str, scenes: list[tuple[str, bytes]]) -> dict[str, float]:
-    """PUT each (key, bytes); returns key -> time.time() when S3 had it."""
-    out = {}
+def upload_scenes(s3, bucket: str, scenes: list[tuple[str, bytes]], watcher: ResultWatcher | None = None,
+                  window: int | None = None) -> dict[str, float]:
+    """PUT each (key, bytes); returns key -> time.time() when S3 had it. With ``window``, at most that
+    many uploaded images wait for their result at any time (a steady stream instead of one burst)."""
+    out: dict[str, float] = {}
     for key, data in scenes:
+        if window and watcher:
+            wait_until(lambda: watcher.poll() or len(out) - watcher.tracked_done < window,
+                       timeout=watcher.timeout, what=f"a result (window of {window})", interval=0.5)
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/jpeg")
         out[key] = time.time()
     return out
@@ -85,29 +90,57 @@ def make_scenes(n: int, size: tuple[int, int], seed: int, prefix: str) -> list[t
     return [(f"{prefix}{i:05d}.jpg", encode(make_scene(rng, size=size).image, ".jpg")) for i in range(n)]
 
 
-def wait_for_results(s3, bucket: str, keys: list[str], processes: list[Process], timeout: float,
-                     on_progress: Callable[[int], None] | None = None) -> dict[str, dict]:
-    """Every key's result document, polling one LIST per round (the GETs only for new ones);
-    ``on_progress(results so far)`` after each round."""
-    done: dict[str, dict] = {}
-    wanted = set(keys)
+class ResultWatcher:
+    """The result documents that have landed under ``results/``, read by listing the prefix.
 
-    def all_done() -> bool:
-        for proc in processes:
+    A LIST of a growing prefix costs the endpoint more each time (moto scans and sorts the whole
+    bucket per page), so a round starts only after ``pace`` times the last round's duration has
+    passed: the watcher takes a bounded share of the endpoint however many results there are."""
+
+    def __init__(self, s3, bucket: str, processes: list[Process], timeout: float, pace: float = 4.0) -> None:
+        self.s3, self.bucket, self.processes, self.timeout, self.pace = s3, bucket, processes, timeout, pace
+        self.docs: dict[str, dict] = {}
+        self._next_round = 0.0
+        self.tracked: set[str] = set()
+        self.tracked_done = 0  # results of the tracked keys so far
+        self.on_progress: Callable[[int], None] | None = None  # called with tracked_done after each round
+
+    def track(self, keys: Iterable[str], on_progress: Callable[[int], None] | None = None) -> None:
+        """Count the results of ``keys`` as they land (``tracked_done``)."""
+        self.tracked = set(keys)
+        self.tracked_done = sum(1 for key in self.tracked if key in self.docs)
+        self.on_progress = on_progress
+
+    def count(self, keys: Iterable[str]) -> int:
+        """How many of ``keys`` have a result (polls when due)."""
+        self.poll()
+        return sum(1 for key in keys if key in self.docs)
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if now < self._next_round:
+            return
+        for proc in self.processes:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="results/"):
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="results/"):
             for obj in page.get("Contents", []):
                 key = obj["Key"][len("results/") : -len(".json")]
-                if key in wanted and key not in done:
-                    done[key] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-        if on_progress:
-            on_progress(len(done))
-        return len(done) == len(wanted)
+                if key not in self.docs:
+                    body = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                    self.docs[key] = json.loads(body)
+                    self.tracked_done += key in self.tracked
+        self._next_round = time.monotonic() + self.pace * (time.monotonic() - now)
+        if self.on_progress:
+            self.on_progress(self.tracked_done)
 
-    wait_until(all_done, timeout=timeout, what=f"{len(keys)} results", interval=0.5,
-               progress=lambda: f"{len(done)}/{len(keys)} results")
-    return done
+    def wait_for(self, keys: Iterable[str]) -> dict[str, dict]:
+        """Every one of ``keys``' result documents."""
+        wanted = list(keys)
+        wait_until(lambda: self.count(wanted) == len(wanted), timeout=self.timeout,
+                   what=f"{len(wanted)} results", interval=0.5,
+                   progress=lambda: f"{sum(1 for k in wanted if k in self.docs)}/{len(wanted)} results")
+        return {key: self.docs[key] for key in wanted}
 
 
 def start_workers(args: argparse.Namespace, env: dict[str, str], queue_url: str, log_dir: Path) -> list[Process]:
@@ -262,13 +295,15 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         procs = start_workers(args, env, queue_url, log_dir)
         try:
             meter = Meter(procs, broker, moto_pid, proxy)
-            uploaded = upload_scenes(s3, args.bucket, warm)
-            wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout)
+            watcher = ResultWatcher(s3, args.bucket, procs, args.timeout)
+            watcher.wait_for(upload_scenes(s3, args.bucket, warm))
             start = meter.snapshot()
             rss = RssProbe(procs, args.rss_after)
-            log.info("uploading %d images to s3://%s/bench/", args.images, args.bucket)
-            uploaded = upload_scenes(s3, args.bucket, scenes)
-            docs = wait_for_results(s3, args.bucket, list(uploaded), procs, args.timeout, on_progress=rss)
+            watcher.track((k for k, _ in scenes), on_progress=rss)
+            log.info("uploading %d images to s3://%s/bench/%s", args.images, args.bucket,
+                     f" (at most {args.upload_window} waiting)" if args.upload_window else "")
+            uploaded = upload_scenes(s3, args.bucket, scenes, watcher, args.upload_window)
+            docs = watcher.wait_for(uploaded)
             measured = meter.since(start, meter.snapshot(), args.images)
             measured["worker_rss"] = rss.figures(args.images)
         finally:
@@ -372,6 +407,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--rss-after", type=_positive, metavar="N",
                    help="also report each worker's RSS once N results are in and at the end (a soak: "
                         "--images 10000 --rss-after 1000)")
+    b.add_argument("--upload-window", type=_positive, metavar="N",
+                   help="keep at most N uploaded images waiting for their result (a steady stream; default: "
+                        "upload all at once). A soak uses it so the endpoint's queue and bucket stay shallow")
     b.add_argument("--skip-inprocess", action="store_true",
                    help="no in-process comparison run (no efficiency figure): for long soaks")
     b.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "vehicle-bench-logs"),

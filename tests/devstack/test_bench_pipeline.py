@@ -52,3 +52,76 @@ def test_a_run_that_fits_in_one_batch_reports_its_wall_clock_rate():
     uploaded = {f"k{i}": 1795669205.0 for i in range(4)}  # 2026-11-26T05:00:05Z
     fig = result_figures(docs, uploaded)
     assert fig["e2e_images_per_s"] == fig["wall_images_per_s"] == 4 / 5.0
+
+
+class _ProcessingS3:
+    """An S3 stand-in whose slow 'workers' answer half of the waiting images on every third LIST."""
+
+    def __init__(self):
+        self.waiting: list[str] = []
+        self.results: dict[str, bytes] = {}
+        self.most_waiting = 0
+        self.lists = 0
+
+    def put_object(self, Bucket, Key, Body, ContentType):  # noqa: N803 - boto3's names
+        self.waiting.append(Key)
+        self.most_waiting = max(self.most_waiting, len(self.waiting))
+
+    def get_paginator(self, name):
+        assert name == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket, Prefix):  # noqa: N803
+        self.lists += 1
+        half = (len(self.waiting) + 1) // 2 if self.lists % 3 == 0 else 0
+        answered, self.waiting = self.waiting[:half], self.waiting[half:]
+        for key in answered:
+            self.results[f"results/{key}.json"] = json.dumps({"key": key, "status": "ok"}).encode()
+        return [{"Contents": [{"Key": k} for k in sorted(self.results)]}]
+
+    def get_object(self, Bucket, Key):  # noqa: N803
+        import io
+
+        return {"Body": io.BytesIO(self.results[Key])}
+
+
+def test_an_upload_window_bounds_the_images_waiting_and_every_result_is_read():
+    from devstack.bench import ResultWatcher, upload_scenes
+
+    s3 = _ProcessingS3()
+    watcher = ResultWatcher(s3, "b", [], timeout=60, pace=0.0)
+    scenes = [(f"bench/{i:03d}.jpg", b"x") for i in range(40)]
+    seen = []
+    watcher.track((k for k, _ in scenes), on_progress=seen.append)
+    uploaded = upload_scenes(s3, "b", scenes, watcher, window=5)
+    docs = watcher.wait_for(uploaded)
+    assert s3.most_waiting == 5  # never more than the window waited for a result
+    assert set(docs) == {k for k, _ in scenes} and all(d["key"] == k for k, d in docs.items())
+    assert watcher.tracked_done == 40 and seen[-1] == 40 and seen == sorted(seen)
+    burst = _ProcessingS3()
+    upload_scenes(burst, "b", scenes)  # no window: one burst
+    assert burst.most_waiting == 40
+
+
+def test_the_result_watcher_lists_no_more_often_than_its_pace_allows(monkeypatch):
+    """A LIST round that took d seconds is followed by none for pace × d seconds."""
+    import devstack.bench as bench
+
+    clock = [100.0]
+
+    class SlowList(_ProcessingS3):
+        def paginate(self, Bucket, Prefix):  # noqa: N803
+            clock[0] += 2.0  # each round takes 2 s of the endpoint
+            return super().paginate(Bucket, Prefix)
+
+    monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
+    s3 = SlowList()
+    watcher = bench.ResultWatcher(s3, "b", [], timeout=60, pace=4.0)
+    watcher.poll()
+    assert s3.lists == 1
+    clock[0] += 7.9
+    watcher.poll()
+    assert s3.lists == 1  # 8 s (4 × 2 s) have not passed since that round ended
+    clock[0] += 0.2
+    watcher.poll()
+    assert s3.lists == 2
