@@ -125,3 +125,12 @@ def test_the_result_watcher_lists_no_more_often_than_its_pace_allows(monkeypatch
     clock[0] += 0.2
     watcher.poll()
     assert s3.lists == 2
+
+
+def test_scenes_beyond_the_distinct_pool_cycle_under_keys_of_their_own():
+    from devstack.bench import make_scenes
+
+    scenes = make_scenes(5, (64, 48), seed=3, prefix="bench/", distinct=2)
+    assert [k for k, _ in scenes] == [f"bench/{i:05d}.jpg" for i in range(5)]
+    assert len({b for _, b in scenes}) == 2 and scenes[0][1] == scenes[2][1] == scenes[4][1]
+    assert len({b for _, b in make_scenes(3, (64, 48), seed=3, prefix="w/")}) == 3  # no pool: all differ
