@@ -134,3 +134,16 @@ def test_scenes_beyond_the_distinct_pool_cycle_under_keys_of_their_own():
     assert [k for k, _ in scenes] == [f"bench/{i:05d}.jpg" for i in range(5)]
     assert len({b for _, b in scenes}) == 2 and scenes[0][1] == scenes[2][1] == scenes[4][1]
     assert len({b for _, b in make_scenes(3, (64, 48), seed=3, prefix="w/")}) == 3  # no pool: all differ
+
+
+def test_the_bench_process_row_counts_its_own_cpu_not_its_childrens():
+    """The stack's processes are the bench's children and have rows of their own (was: counted twice)."""
+    from devstack.bench import Meter
+
+    meter = Meter([], "redis://127.0.0.1:1/0", None, None)
+    row = "bench process (uploads, polling, S3 proxy)"
+    before = meter.snapshot()["cpu"][row]
+    burn = "import time\nwhile time.process_time() < 0.5: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True, timeout=60)  # a child spends 0.5 CPU-s
+    after = meter.snapshot()["cpu"][row]
+    assert 0 <= after - before < 0.25
