@@ -141,6 +141,10 @@ def table_lines(fig: dict[str, Any]) -> list[str]:
         rows.append((f"stage {name}, median ms per image (timings_ms)", f"{ms:.1f}"))
     for name, secs in fig["cpu_s_per_image"].items():
         rows.append((f"CPU-seconds per image: {name}", "n/a" if secs is None else f"{secs:.3f}"))
+    inproc = fig.get("inprocess") or {}
+    if inproc.get("cpu_s_per_image") is not None:
+        rows.append(("CPU-seconds per image: in-process run (same models, one process)",
+                     f"{inproc['cpu_s_per_image']:.3f}"))
     s3 = fig.get("s3_requests_per_image")
     rows.append(("S3 requests per image (workers + producer, via proxy)",
                  "n/a (no proxy)" if s3 is None else _requests(s3)))

@@ -32,6 +32,8 @@ def test_bench_pipeline_prints_its_table_and_efficiency(classifier_artifact, tmp
         assert any(row in line for line in lines), row
     fig = json.loads((tmp_path / "bench.json").read_text())
     assert fig["results"] == 8 and fig["inprocess"]["images"] == 8
+    assert fig["inprocess"]["cpu_s_per_image"] > 0
+    assert any("CPU-seconds per image: in-process run" in line for line in lines)
     assert sum(fig["classify_batches"].values()) >= 1
     assert sum(int(size) * n for size, n in fig["classify_batches"].items()) == 8  # every image classified once
     assert fig["s3_requests_per_image"]["GET"] >= 1  # each image was fetched through the proxy
