@@ -36,9 +36,11 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from vehicle_core.detection.torchvision_filter import BoxMasks, restrict_to_vehicles
+from vehicle_core.detection.torchvision_resize import HostResizeTransform
 
 COCO_CATEGORIES: list[str] = list(_COCO_CATEGORIES)  # index -> name, torchvision's 91-entry COCO order
 
@@ -205,13 +207,23 @@ class TorchvisionDetector(BatchedDetector):
         self.model = model.to(self.device).eval()
         self.categories = list(categories)
         self.info = info
+        # On a CPU the input transform resizes uint8 images before converting them to float (a large
+        # image is never normalized at full size); a GPU converts and resizes on the device.
+        self.host_resize = self.device.type == "cpu" and isinstance(getattr(self.model, "transform", None),
+                                                                    GeneralizedRCNNTransform)
+        if self.host_resize:
+            self.model.transform = HostResizeTransform.like(self.model.transform)
         self.in_model_filter = in_model_filter and hasattr(self.model, "roi_heads")
-        if self.in_model_filter:
+        if self.in_model_filter:  # after the transform swap: it patches the transform's postprocess
             restrict_to_vehicles(self.model, self.categories, settings)
 
     @torch.inference_mode()
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1).float() / 255 for im in images]
+        if self.host_resize:  # uint8 views; the transform resizes, then converts (torchvision_resize.py)
+            tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]
+        else:
+            tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1).float() / 255
+                       for im in images]
         results = self.model(tensors) if tensors else []
         found = []
         for image, r in zip(images, results, strict=True):
