@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from vehicle_core.storage import ObjectStore
 
     settings = load_settings()
-    threads.configure(settings.worker, processes=1)  # one process: every usable core, unless set
+    threads.configure(settings.worker, processes=1, host_workers=1)  # alone on the host: every core, unless set
     store = ObjectStore(settings.storage)
     pipeline = VehiclePipeline.from_settings(settings)
     keys = [k for k in args.keys.split(",") if k]

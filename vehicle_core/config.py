@@ -111,6 +111,7 @@ class WorkerSettings:
     max_memory_per_child_mb: int = 4096
     threads: int = 0
     interop_threads: int = 1
+    host_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "classifier.backend": (lambda v: v in ("tensorflow", "torch"), "tensorflow or torch"),
     "worker.threads": (lambda v: v >= 0, "0 (auto) or more"),
     "worker.interop_threads": (lambda v: v >= 1, "at least 1"),
+    "worker.host_workers": (lambda v: v >= 1, "at least 1"),
     "crop.margin": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
     "crop.fill_value": (lambda v: 0 <= v <= 255, "between 0 and 255"),
     "crop.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),

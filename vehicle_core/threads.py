@@ -10,8 +10,11 @@ process its share instead:
     ...                                                          # load models (torch / TensorFlow)
     threads.apply_loaded()                                       # the stages call this after loading
 
-``worker.threads`` = 0 (auto) means ``usable cores // processes`` (at least 1); any other value is
-used as is. ``worker.interop_threads`` sizes the inter-op pools (torch, TensorFlow).
+``worker.threads`` = 0 (auto) means ``usable cores // (worker.host_workers × processes)`` (at least
+1): by default a detect and a classify worker share the host, as the README starts them, and each
+takes half the cores. Oversubscribing costs more than idle threads: OpenMP threads spin while they
+wait, so on two cores a detect and a classify worker of two threads each ran the whole stack at 14.9
+images/s and of one thread each at 18.9 (docs/benchmarks.md). Any other value is used as is. ``worker.interop_threads`` sizes the inter-op pools (torch, TensorFlow).
 
 Frameworks imported later in the process are covered too: :func:`configure` sets the variables they
 read when they start (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``TF_NUM_INTRAOP_THREADS``,
@@ -51,28 +54,31 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan(settings: WorkerSettings, processes: int = 1) -> ThreadPlan:
-    """The thread counts for one of ``processes`` processes sharing this host's cores."""
-    threads = settings.threads or max(1, usable_cores() // max(1, processes))
+def plan(settings: WorkerSettings, processes: int = 1, host_workers: int | None = None) -> ThreadPlan:
+    """The thread counts for one of ``processes`` pool processes of one of ``host_workers`` workers
+    (default ``settings.host_workers``) sharing this host's cores."""
+    sharing = max(1, processes) * max(1, settings.host_workers if host_workers is None else host_workers)
+    threads = settings.threads or max(1, usable_cores() // sharing)
     return ThreadPlan(threads=threads, interop_threads=settings.interop_threads)
 
 
-def configure(settings: WorkerSettings, processes: int = 1) -> ThreadPlan:
+def configure(settings: WorkerSettings, processes: int = 1, host_workers: int | None = None) -> ThreadPlan:
     """Give this process its share of the cores (see the module docstring); returns the plan.
 
     Call once per worker process (before or after forking: the plan and the variables are inherited,
     and :func:`apply_loaded` re-applies them). ``processes``: how many processes of this worker share
-    the host (the pool's concurrency).
+    the host (the pool's concurrency); ``host_workers`` overrides ``settings.host_workers``.
     """
     global _plan
-    _plan = plan(settings, processes)
+    _plan = plan(settings, processes, host_workers)
     n, interop = str(_plan.threads), str(_plan.interop_threads)
     # Read by each framework when it starts in this process or in a child started after this.
     os.environ.update({"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n,
                        "TF_NUM_INTEROP_THREADS": interop})
     apply_loaded()
-    log.info("framework threads: %d intra-op, %d inter-op per process (%d usable cores, %d processes)",
-             _plan.threads, _plan.interop_threads, usable_cores(), processes)
+    log.info("framework threads: %d intra-op, %d inter-op per process (%d usable cores, %d processes, "
+             "%d workers on the host)", _plan.threads, _plan.interop_threads, usable_cores(), processes,
+             settings.host_workers if host_workers is None else host_workers)
     return _plan
 
 

@@ -24,11 +24,16 @@ def _run(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_auto_shares_the_usable_cores_between_pool_processes():
+def test_auto_shares_the_usable_cores_between_pool_processes_and_workers():
     cores = usable_cores()
-    assert plan(_worker(threads=0), processes=1).threads == cores
-    assert plan(_worker(threads=0), processes=cores * 4).threads == 1  # never zero
-    assert plan(_worker(threads=0), processes=2).threads == max(1, cores // 2)
+    assert plan(_worker(threads=0, host_workers=1), processes=1).threads == cores
+    assert plan(_worker(threads=0, host_workers=1), processes=cores * 4).threads == 1  # never zero
+    assert plan(_worker(threads=0, host_workers=1), processes=2).threads == max(1, cores // 2)
+    # By default a detect and a classify worker share the host (the README's commands): half each
+    assert load_settings(env={}).worker.host_workers == 2
+    assert plan(_worker(threads=0), processes=1).threads == max(1, cores // 2)
+    assert plan(_worker(threads=0, host_workers=3), processes=2).threads == max(1, cores // 6)
+    assert plan(_worker(threads=0), processes=1, host_workers=1).threads == cores  # a caller alone on the host
     assert plan(_worker(threads=3), processes=2).threads == 3  # explicit wins
     assert plan(_worker(interop_threads=2)).interop_threads == 2
 
