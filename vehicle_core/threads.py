@@ -13,8 +13,9 @@ process its share instead:
 ``worker.threads`` = 0 (auto) means ``usable cores // (worker.host_workers × processes)`` (at least
 1): by default a detect and a classify worker share the host, as the README starts them, and each
 takes half the cores. Oversubscribing costs more than idle threads: OpenMP threads spin while they
-wait, so on two cores a detect and a classify worker of two threads each ran the whole stack at 14.9
-images/s and of one thread each at 18.9 (docs/benchmarks.md). Any other value is used as is. ``worker.interop_threads`` sizes the inter-op pools (torch, TensorFlow).
+wait, so on two cores a detect and a classify worker of two threads each ran the whole stack at
+14.8-15.0 images/s and of one thread each at 19.9-20.5 (docs/benchmarks.md). Any other value is used
+as is. ``worker.interop_threads`` sizes the inter-op pools (torch, TensorFlow).
 
 Frameworks imported later in the process are covered too: :func:`configure` sets the variables they
 read when they start (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``TF_NUM_INTRAOP_THREADS``,
@@ -40,6 +41,7 @@ class ThreadPlan:
 
     threads: int
     interop_threads: int
+    sharing: int = 1  # processes sharing the host's cores (host workers x pool processes)
     applied: dict[str, int] = field(default_factory=dict)  # framework -> intra-op threads set
 
 
@@ -59,7 +61,7 @@ def plan(settings: WorkerSettings, processes: int = 1, host_workers: int | None 
     (default ``settings.host_workers``) sharing this host's cores."""
     sharing = max(1, processes) * max(1, settings.host_workers if host_workers is None else host_workers)
     threads = settings.threads or max(1, usable_cores() // sharing)
-    return ThreadPlan(threads=threads, interop_threads=settings.interop_threads)
+    return ThreadPlan(threads=threads, interop_threads=settings.interop_threads, sharing=sharing)
 
 
 def configure(settings: WorkerSettings, processes: int = 1, host_workers: int | None = None) -> ThreadPlan:
@@ -76,9 +78,8 @@ def configure(settings: WorkerSettings, processes: int = 1, host_workers: int | 
     os.environ.update({"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n,
                        "TF_NUM_INTEROP_THREADS": interop})
     apply_loaded()
-    log.info("framework threads: %d intra-op, %d inter-op per process (%d usable cores, %d processes, "
-             "%d workers on the host)", _plan.threads, _plan.interop_threads, usable_cores(), processes,
-             settings.host_workers if host_workers is None else host_workers)
+    log.info("framework threads: %d intra-op, %d inter-op per process (%d usable cores shared by %d processes)",
+             _plan.threads, _plan.interop_threads, usable_cores(), _plan.sharing)
     return _plan
 
 
