@@ -73,8 +73,8 @@ def upload_scenes(s3, bucket: str, scenes: list[tuple[str, bytes]], watcher: Res
     out: dict[str, float] = {}
     for key, data in scenes:
         if window and watcher:
-            wait_until(lambda: watcher.poll() or len(out) - watcher.tracked_done < window,
-                       timeout=watcher.timeout, what=f"a result (window of {window})", interval=0.5)
+            wait_until(lambda: watcher.waiting(len(out)) < window, timeout=watcher.timeout,
+                       what=f"a result (window of {window})", interval=0.5)
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/jpeg")
         out[key] = time.time()
     return out
@@ -114,6 +114,11 @@ class ResultWatcher:
         self.tracked = set(keys)
         self.tracked_done = sum(1 for key in self.tracked if key in self.docs)
         self.on_progress = on_progress
+
+    def waiting(self, uploaded: int) -> int:
+        """How many of the first ``uploaded`` tracked keys have no result yet (polls when due)."""
+        self.poll()
+        return uploaded - self.tracked_done
 
     def count(self, keys: Iterable[str]) -> int:
         """How many of ``keys`` have a result (polls when due)."""
