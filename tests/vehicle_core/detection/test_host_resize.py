@@ -72,3 +72,24 @@ def test_same_detections_in_original_coordinates(zoo_model):
         assert g["masks"].shape[-2:] == (960, 1280)
         confident += int(keep_w.sum())
     assert confident >= 4, "the scenes should hold vehicles the zoo model is sure of"
+
+
+def test_tiny_and_extreme_aspect_images_in_one_batch():
+    """Sizes the image checks let through (down to 1×1, up to the 20:1 aspect limit) resize to at
+    least one pixel a side, and every image of a mixed batch gets its own answer inside its bounds."""
+    from vehicle_core.config import load_settings
+    from vehicle_core.detection import build_detector
+
+    settings = load_settings(env={"VP_DETECTOR__DEVICE": "cpu"})
+    detector = build_detector(settings.detector, settings.storage)
+    assert detector.host_resize
+    rng = np.random.default_rng(2)
+    sizes = [(1, 1), (2, 3), (10, 200), (3000, 150), (960, 1280)]
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes[:-1]]
+    images.append(make_scene(rng, size=(1280, 960)).image)
+    found = detector.detect(images)
+    assert len(found) == len(sizes) and len(found[-1]) >= 1  # the scene's vehicles are still found
+    for (h, w), dets in zip(sizes, found, strict=True):
+        for d in dets:
+            x1, y1, x2, y2 = d.box
+            assert -1 <= x1 < x2 <= w + 1 and -1 <= y1 < y2 <= h + 1
