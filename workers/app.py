@@ -19,6 +19,7 @@ from __future__ import annotations
 from celery import Celery
 
 from vehicle_core.config import Settings, load_settings
+from workers import broker as redis_transport
 from workers.messages import task_routes
 
 
@@ -70,6 +71,9 @@ def celery_config(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the app; ``workers.tasks`` registers the two tasks on it when imported by a worker."""
     settings = settings or load_settings()
+    # Redis: kombu's transport with its loss window closed (a message taken off its queue by BRPOP
+    # is held and recorded once the broker is back, never dropped; workers/broker.py).
+    redis_transport.install()
     app = Celery("vehicle-pipeline", set_as_current=True)
     app.config_from_object(celery_config(settings))
     app.conf.include = ["workers.tasks"]

@@ -1,0 +1,100 @@
+"""The Redis transport with its one loss window closed: a message is never held only in memory.
+
+kombu 5.7's Redis transport (``kombu/transport/redis.py``) delivers a message in two round trips:
+``BRPOP`` takes it off the queue's list, and only afterwards ``QoS.append`` records it in the
+``unacked`` hash (ZADD + HSET) from which a restart or the visibility timeout restores it. When the
+broker goes away between the two (a restart, a failover, a network cut), the pipeline raises, the
+message is in neither place, and ``Restoring N unacknowledged message(s)`` has nothing to restore:
+the image is lost. ``tests/workers/test_broker_window.py`` reproduces it with a proxy that cuts
+the connection right after a BRPOP reply: the stock transport loses the message, this one keeps it.
+
+:class:`QoS` records the message again and again (backoff, capped at ``RECORD_BACKOFF_MAX_S``) until
+the broker answers, and only then hands it to the worker. While it waits, the broker is down anyway:
+the consumer could not do anything else. A cold shutdown (``should_terminate``) ends the wait; the
+message is then re-sent by the producer's sweep (``producer/sweep.py``), the defence that does not
+depend on this or any other window of one library.
+
+Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broker URLs (:func:`install`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between two attempts to record a message the broker took but did not record.
+RECORD_BACKOFF_MAX_S = 5.0
+
+
+def _terminating() -> bool:
+    try:
+        from celery.worker import state
+    except ImportError:  # pragma: no cover - kombu used without Celery
+        return False
+    return bool(state.should_terminate)
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS whose ``append`` survives a broker that vanished right after BRPOP."""
+
+    #: woken early by a test, or by a shutdown; never used to synchronise anything.
+    _wake = threading.Event()
+
+    def append(self, message, delivery_tag):
+        delay, attempts = 0.1, 0
+        while True:
+            try:
+                return super().append(message, delivery_tag)
+            except self.channel.connection_errors as exc:
+                attempts += 1
+                if _terminating():
+                    log.error("broker unreachable at shutdown: message %s (task %s) not recorded; the producer's "
+                              "sweep re-sends its image", delivery_tag, _task_id(message))
+                    raise
+                if attempts == 1 or attempts % 20 == 0:
+                    log.warning("broker unreachable while recording message %s (task %s), taken off its queue: "
+                                "holding it and retrying (%r)", delivery_tag, _task_id(message), exc)
+                self._wake.wait(delay)
+                delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
+            else:  # pragma: no cover - the return above leaves the loop
+                break
+
+
+def _task_id(message) -> str | None:
+    try:
+        return (message.headers or {}).get("id")
+    except Exception:  # noqa: BLE001 - only for a log line
+        return None
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+#: The class path of :class:`Transport`.
+TRANSPORT = f"{__name__}:Transport"
+
+
+def install() -> None:
+    """Make ``redis://`` and ``rediss://`` URLs use :class:`Transport` in this process. Registered as
+    the schemes' transport (not as Celery's ``broker_transport``) so that URLs keep their scheme:
+    Flower picks its broker client (queue lengths) by the scheme of ``connection.as_uri()``."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = TRANSPORT
+
+
+def transport_for(url: str) -> str | None:
+    """The transport class used for a broker URL once :func:`install` ran: :data:`TRANSPORT` for
+    Redis, None (kombu's own choice from the URL) otherwise."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return TRANSPORT if scheme in ("redis", "rediss") else None
