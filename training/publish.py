@@ -15,8 +15,15 @@ from pathlib import Path
 from vehicle_core.classifier import MANIFEST_FILE, MODEL_FILE, save_artifact
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ModelLoadError
-from vehicle_core.registry import ARCHIVE, archive_uri, current_version, list_versions, pointer_uri
-from vehicle_core.storage import ObjectStore
+from vehicle_core.registry import (
+    ARCHIVE,
+    SHA256_META,
+    archive_uri,
+    current_version,
+    list_versions,
+    pointer_uri,
+)
+from vehicle_core.storage import ObjectStore, sha256_of
 
 
 def publish(
@@ -34,11 +41,16 @@ def publish(
     version = str(manifest["version"])
     base = registry.rstrip("/") + "/" + version
     store = ObjectStore(storage)
+    if store.head(f"{base}/{ARCHIVE}") is not None:
+        raise ModelLoadError(f"version {version} is already published under {registry}: a published version "
+                             "is immutable; train or name a new version (the manifest's 'version')")
     with tempfile.TemporaryDirectory() as tmp:
         archive = save_artifact(model, manifest, Path(tmp) / ARCHIVE)
-        store.upload_file(archive, f"{base}/{ARCHIVE}")
-    for name in (MODEL_FILE, MANIFEST_FILE):
-        store.upload_file(artifact_dir / name, f"{base}/{name}")
+        digest = sha256_of(archive)
+        # The file pieces first, the archive last: the archive's existence is what "published" means.
+        for name in (MODEL_FILE, MANIFEST_FILE):
+            store.upload_file(artifact_dir / name, f"{base}/{name}")
+        store.upload_file(archive, f"{base}/{ARCHIVE}", metadata={SHA256_META: digest})
     if make_current:
         set_current(registry, version, storage)
     return f"{base}/{ARCHIVE}"
@@ -55,8 +67,14 @@ def set_current(registry: str, version: str, storage: StorageSettings, *, histor
     """
     store = ObjectStore(storage)
     archive = archive_uri(registry, version)
-    if store.head(archive) is None:
+    info = store.head(archive)
+    if info is None:
         raise ModelLoadError(f"version {version} is not published under {registry}")
+    digest = (info.metadata or {}).get(SHA256_META)
+    if digest is None:  # published before digests were recorded: record the archive's as it is now
+        with tempfile.TemporaryDirectory() as tmp:
+            store.download_file(archive, Path(tmp) / ARCHIVE)
+            digest = sha256_of(Path(tmp) / ARCHIVE)
     if history is None:
         previous = _pointer_or_none(registry, storage)
         history = list(previous.get("history", [])) if previous else []
@@ -65,6 +83,7 @@ def set_current(registry: str, version: str, storage: StorageSettings, *, histor
     pointer = {
         "version": version,
         "artifact": archive,
+        "sha256": digest,  # workers refuse an archive whose digest differs (vehicle_core/storage/artifacts.py)
         "published_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "history": history[-HISTORY_LENGTH:],
     }

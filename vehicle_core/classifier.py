@@ -18,6 +18,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -222,8 +223,13 @@ def _artifact_dir(path: Path) -> Path:
         target = path.with_name(path.name.removesuffix(".tar.gz").removesuffix(".tgz") + ".unpacked")
         if not (target / MANIFEST_FILE).is_file():
             tmp = Path(tempfile.mkdtemp(dir=path.parent))
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")  # 'data' refuses absolute paths and links out of tmp
+            try:
+                with tarfile.open(path) as tar:
+                    tar.extractall(tmp, filter="data")  # 'data' refuses absolute paths and links out of tmp
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # truncated or corrupt
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ModelLoadError(f"classifier artifact {path} is truncated or corrupt ({exc!r}); publish "
+                                     "it again") from exc
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
         return target
@@ -381,24 +387,26 @@ def use_backend(backend: str) -> None:
                           f"KERAS_BACKEND={backend}")
 
 
-def load_classifier(settings: ClassifierSettings, storage: StorageSettings) -> VehicleClassifier:
+def load_classifier(settings: ClassifierSettings, storage: StorageSettings, *,
+                    sha256: str | None = None) -> VehicleClassifier:
     """The classifier named by the settings: ``model``, else the registry's ``current`` version, else
-    a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there."""
+    a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there, or when
+    the artifact's SHA-256 differs from ``sha256`` (or from the one the registry pointer names)."""
     use_backend(settings.backend)
-    path = _resolve_model(settings, storage)
+    path = _resolve_model(settings, storage, sha256)
     log.info("loading classifier from %s (Keras backend %s)", path, settings.backend)
     return VehicleClassifier.from_artifact(
         path, batch_size=settings.batch_size, top_k=settings.top_k, device=settings.device
     )
 
 
-def _resolve_model(settings: ClassifierSettings, storage: StorageSettings) -> Path:
+def _resolve_model(settings: ClassifierSettings, storage: StorageSettings, sha256: str | None) -> Path:
     if settings.model:
-        return _local(settings.model, storage)
+        return _local(settings.model, sha256, storage=storage)
     if settings.registry:
-        from vehicle_core.registry import current_artifact_uri
+        from vehicle_core.registry import current_artifact
 
-        return _local(current_artifact_uri(settings.registry, storage), storage)
+        return _local(*current_artifact(settings.registry, storage), storage=storage)
     demo = Path(storage.cache_dir).expanduser() / DEMO_CACHE_NAME
     if (demo / MANIFEST_FILE).is_file():
         return demo
@@ -408,9 +416,14 @@ def _resolve_model(settings: ClassifierSettings, storage: StorageSettings) -> Pa
     )
 
 
-def _local(uri: str, storage: StorageSettings) -> Path:
+def _local(uri: str, sha256: str | None = None, *, storage: StorageSettings) -> Path:
+    from vehicle_core.storage import verify_sha256
+
     if uri.startswith("s3://"):
         from vehicle_core.storage import resolve_local
 
-        return Path(resolve_local(uri, storage))
-    return Path(uri).expanduser()
+        return Path(resolve_local(uri, storage, sha256=sha256))
+    path = Path(uri).expanduser()
+    if sha256 is not None:
+        verify_sha256(path, sha256, uri)
+    return path

@@ -112,6 +112,7 @@ class WorkerSettings:
     threads: int = 0
     interop_threads: int = 1
     host_workers: int = 2
+    model_retry_max_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,17 @@
-"""Every failure the pipeline names, each with a stable string ``code``.
+"""Every failure the pipeline names, each with a stable string ``code``, and whether it is *final*.
 
-Two families matter to a caller:
+A result is final when its error is the image's own fault: the same bytes (or the same object) will
+fail the same way. Everything else is a fault of the system (a setting, a model, a server, memory):
+never an image's final result, so ``reconcile`` lists it and ``--enqueue`` sends it again.
 
-* :class:`InvalidInputError` is permanent: the same bytes will fail the same way. Workers write an
-  ``error`` result for it and never retry.
-* :class:`TransientError` may pass: storage throttling, a network blip. Workers retry it with backoff.
+* :class:`InvalidInputError` and its subclasses are final (corrupt, unsupported, too large, a strip,
+  deleted, refused to this process, killed ``worker.max_deliveries`` processes, malformed message),
+  except :class:`ProcessingTimeoutError` (a slow or overloaded worker is not the image's fault).
+* Everything else is retriable (``final = False``): :class:`TransientError` (storage throttling, a
+  network blip: retried at once with backoff), :class:`ModelLoadError`, :class:`ConfigError`,
+  :class:`OutOfMemoryError`, and ``internal`` (an exception the code did not expect).
 
-Everything else (:class:`ConfigError`, :class:`ModelLoadError`) is an operator's problem and stops
-start-up with a message that says what to fix.
+``docs/results.md`` has the table; ``tests/vehicle_core/test_error_finality.py`` walks every class.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ class VehiclePipelineError(Exception):
     """Base of every error this project raises on purpose."""
 
     code = "internal"
-    #: False for failures a later attempt may fix (storage down, access fixed by an operator): a result
-    #: carrying such a code does not count as done (``vehicle_core.results.is_done``).
-    final = True
+    #: True only for the image's own faults. False for failures a later attempt may fix (a model, a
+    #: setting, a server, memory, a bug): a result carrying such a code does not count as done
+    #: (``vehicle_core.results.is_done``).
+    final = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -38,14 +43,14 @@ class ConfigError(VehiclePipelineError):
 class ModelLoadError(VehiclePipelineError):
     """Model weights or an artifact could not be found, fetched or validated."""
 
-    code = "model_unavailable"
-    final = False  # an operator fixes the model; the images deserve another try
+    code = "model_unavailable"  # an operator fixes the model; the images deserve another try
 
 
 class InvalidInputError(VehiclePipelineError):
     """The input itself is bad; retrying cannot help."""
 
     code = "invalid_input"
+    final = True
 
 
 class EmptyImageError(InvalidInputError):
@@ -88,7 +93,6 @@ class AccessDeniedError(InvalidInputError):
     """S3 refused this process access to the object (403): permanent until someone fixes a policy."""
 
     code = "access_denied"
-    final = False
 
 
 class StorageRejectedError(InvalidInputError):
@@ -105,9 +109,11 @@ class WorkerCrashedError(InvalidInputError):
 
 
 class ProcessingTimeoutError(InvalidInputError):
-    """Processing this image outlasted ``worker.task_time_limit_s``."""
+    """Processing this image outlasted ``worker.task_time_limit_s`` (a slow or overloaded worker as
+    much as the image: retriable)."""
 
     code = "timeout"
+    final = False
 
 
 class MalformedMessageError(InvalidInputError):
@@ -120,7 +126,12 @@ class TransientError(VehiclePipelineError):
     """A failure that may pass on its own; safe to retry."""
 
     code = "transient"
-    final = False
+
+
+class OutOfMemoryError(VehiclePipelineError):
+    """The process (or its GPU) ran out of memory in a forward pass: the worker's fault, not the image's."""
+
+    code = "out_of_memory"
 
 
 class StorageUnavailableError(TransientError):
@@ -138,6 +149,19 @@ def error_classes() -> list[type[VehiclePipelineError]]:
         found.append(cls)
         todo.extend(cls.__subclasses__())
     return found
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the out-of-memory errors of Python and the frameworks (CUDA OOM, TensorFlow's
+    ResourceExhaustedError), told by name so that this module imports no framework."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"MemoryError", "OutOfMemoryError", "ResourceExhaustedError"}) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def final_codes() -> frozenset[str]:
+    """Codes of the image's own faults: a result carrying one is that image's answer."""
+    return frozenset(cls.code for cls in error_classes() if cls.final)
 
 
 def not_final_codes() -> frozenset[str]:

@@ -4,7 +4,12 @@
     s3://bucket/models/classifier/<version>/model.keras       ... and its two files, for browsing
     s3://bucket/models/classifier/<version>/manifest.json
     s3://bucket/models/classifier/current                     {"version": ..., "artifact": ...,
-                                                                "published_at": ..., "history": [...]}
+                                                                "sha256": ..., "published_at": ...,
+                                                                "history": [...]}
+
+A version, once published, is immutable (``publish`` refuses an existing one), and its archive's
+SHA-256 rides in its S3 metadata and in the pointer: a worker refuses an archive whose digest differs
+(half-written, truncated, replaced) and keeps serving the version it has.
 
 ``load_classifier`` with ``classifier.registry`` set reads ``current`` and loads that archive, so the
 version in every result document is the one the pointer named. :class:`RegistryWatcher` re-reads the
@@ -22,13 +27,15 @@ from collections.abc import Callable
 from typing import Any
 
 from vehicle_core.config import ClassifierSettings, StorageSettings
-from vehicle_core.errors import ModelLoadError, SourceNotFoundError, VehiclePipelineError
+from vehicle_core.errors import ModelLoadError, SourceNotFoundError
 from vehicle_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 POINTER = "current"
 ARCHIVE = "model.tar.gz"
+#: S3 user metadata of a published archive holding its SHA-256 (the pointer repeats it as ``sha256``).
+SHA256_META = "vp-sha256"
 
 
 def pointer_uri(registry: str) -> str:
@@ -50,16 +57,42 @@ def current_version(registry: str, storage: StorageSettings) -> dict[str, str]:
             f"model registry {registry} has no '{POINTER}' pointer; publish a version first "
             "(vehicle-train publish) or set classifier.model"
         ) from exc
-    text = data.decode().strip()
-    if text.startswith("{"):
-        return json.loads(text)
-    # A hand-written pointer holding just the version name is accepted too.
-    return {"version": text, "artifact": archive_uri(registry, text)}
+    try:
+        text = data.decode().strip()
+        if not text.startswith("{"):
+            # A hand-written pointer holding just the version name is accepted too.
+            return {"version": text, "artifact": archive_uri(registry, text)} if text else _bad(registry, "empty")
+        pointer = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        _bad(registry, f"not JSON ({exc})")
+    if not isinstance(pointer, dict):
+        _bad(registry, "not a JSON object")
+    for field in ("version", "artifact"):
+        if not isinstance(pointer.get(field), str) or not pointer[field]:
+            _bad(registry, f"no {field!r}")
+    if pointer.get("sha256") is not None and not _is_sha256(pointer["sha256"]):
+        _bad(registry, "'sha256' is not 64 hex digits")
+    return pointer
+
+
+def _bad(registry: str, why: str):
+    raise ModelLoadError(f"model registry pointer {pointer_uri(registry)} is malformed: {why}; fix it with "
+                         "`vehicle-train models promote VERSION` or `rollback`")
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def current_artifact_uri(registry: str, storage: StorageSettings) -> str:
     """URI of the archive the registry's ``current`` pointer names (what ``load_classifier`` loads)."""
     return current_version(registry, storage)["artifact"]
+
+
+def current_artifact(registry: str, storage: StorageSettings) -> tuple[str, str | None]:
+    """``(archive URI, its SHA-256 or None)`` as the registry's ``current`` pointer names them."""
+    pointer = current_version(registry, storage)
+    return pointer["artifact"], pointer.get("sha256")
 
 
 def list_versions(registry: str, storage: StorageSettings) -> list[str]:
@@ -74,7 +107,8 @@ class RegistryWatcher:
 
     The pointer is read at most every ``interval_s`` (a clock check otherwise), so calling it before
     every batch costs nothing. A pointer that cannot be read, or a version that cannot be loaded,
-    is logged and the classifier in service stays: a bad publish never stops classification.
+    is logged (and counted through ``on_refused``) and the classifier in service stays: a bad publish
+    (a malformed pointer, a truncated archive, a digest that differs) never stops classification.
     """
 
     def __init__(self, registry: str, storage: StorageSettings, interval_s: float, *,
@@ -87,6 +121,7 @@ class RegistryWatcher:
         self.version = version  # the version in service (None: whatever the pointer names is new)
         self.clock = clock
         self._next_read = clock() + interval_s
+        self.on_refused: Callable[[], None] | None = None  # told of each refusal (workers count them)
 
     @classmethod
     def from_settings(cls, classifier: ClassifierSettings, storage: StorageSettings,
@@ -102,23 +137,28 @@ class RegistryWatcher:
         if now < self._next_read:
             return None
         self._next_read = now + self.interval_s
+        pointer: dict[str, Any] = {}
         try:
             pointer = current_version(self.registry, self.storage)
             if pointer["version"] == self.version:
                 return None
-            loaded = self._load(pointer["artifact"])
-        except (VehiclePipelineError, ValueError, KeyError, OSError) as exc:
-            log.warning("classifier registry %s: keeping version %s (%s)", self.registry, self.version,
-                        getattr(exc, "message", exc))
+            loaded = self._load(pointer["artifact"], pointer.get("sha256"))
+        except Exception as exc:  # noqa: BLE001 - whatever a bad publish raises, the version in service stays
+            # Tried again at the next read (every interval_s): a fixed pointer or artifact is picked up.
+            log.error("classifier registry %s: keeping version %s, refusing %s (%s)", self.registry, self.version,
+                      pointer.get("version", "the pointer"), getattr(exc, "message", None) or repr(exc))
+            if self.on_refused is not None:
+                self.on_refused()
             return None
         log.info("classifier registry %s: version %s -> %s", self.registry, self.version, pointer["version"])
         self.version = pointer["version"]
         return loaded
 
-    def _load(self, artifact: str):
+    def _load(self, artifact: str, sha256: str | None):
         from vehicle_core.classifier import load_classifier
 
         base = self.classifier_settings or ClassifierSettings(model=None, registry=None, batch_size=32, top_k=3,
                                                               device="auto")
         # The artifact the pointer named, not the pointer again: it may move between two reads.
-        return load_classifier(dataclasses.replace(base, model=artifact), self.storage)
+        return load_classifier(dataclasses.replace(base, model=artifact, registry=None), self.storage,
+                               sha256=sha256)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vehicle_core.errors import MalformedMessageError, not_final_codes
+from vehicle_core.errors import MalformedMessageError, final_codes
 
 SCHEMA_VERSION = "1.0"
 STATUS_OK = "ok"
@@ -305,8 +305,9 @@ class ResultStamp:
 
     @property
     def retriable(self) -> bool:
-        """An error result a later attempt may fix (``VehiclePipelineError.final`` is False)."""
-        return self.status == STATUS_ERROR and self.error_code in not_final_codes()
+        """An error result a later attempt may fix: any error but the image's own faults
+        (``VehiclePipelineError.final``); an unknown code is the system's, hence retriable."""
+        return self.status == STATUS_ERROR and self.error_code not in final_codes()
 
     def to_metadata(self) -> dict[str, str]:
         return {self.META_ETAG: self.etag or "", self.META_STATUS: self.status, self.META_ERROR: self.error_code or ""}
@@ -314,8 +315,8 @@ class ResultStamp:
 
 def is_done(stamp: ResultStamp | None, etag: str | None) -> bool:
     """The one rule for "this image version has its answer": a result describes this ETag, and it is
-    not an error a later attempt may fix (``VehiclePipelineError.final`` is False for those: storage
-    outages, refused access). Workers skip done images; backfill ``--skip-done`` and ``reconcile``
+    not an error a later attempt may fix (only the image's own faults are final: corrupt, unsupported,
+    too large, deleted, refused; see vehicle_core/errors.py). Workers skip done images; backfill ``--skip-done`` and ``reconcile``
     use the same rule. Without an ETag nothing can be told: not done.
     """
     return why_not_done(stamp, etag) is None

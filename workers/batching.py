@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 #: Key of the batch task's return value listing request ids to requeue instead of ack.
 REQUEUE = "requeue"
+#: Key of the batch task's return value saying why the worker should stop consuming for a while (its
+#: model cannot load), and the queue to stop.
+PAUSE, QUEUE = "pause", "queue"
+#: First pause of a worker whose model cannot load; it doubles up to ``worker.model_retry_max_s``.
+PAUSE_FIRST_S = 5.0
 
 
 class RequeueingBatches(Batches):
@@ -50,8 +55,14 @@ class RequeueingBatches(Batches):
 
     #: seconds a batch may run: soft limit raises inside it, the hard one (30 s later) kills the process.
     time_limit_s: float | None = None
+    #: longest pause of consumption while the model cannot load (``worker.model_retry_max_s``).
+    pause_max_s: float = 300.0
+    _consumer = None
+    _load_failures = 0
+    _paused = False
 
     def Strategy(self, task, app, consumer):  # noqa: N802 - celery's name
+        self._consumer = consumer
         # Celery builds the strategy again when its consumer restarts (a broker reconnect). celery-batches
         # starts its interval-flush timer only when ``_tref`` is None, so a timer entry left from the old
         # consumer would keep a new partial batch waiting for a size flush (seen once in the chaos test
@@ -72,6 +83,10 @@ class RequeueingBatches(Batches):
 
         def on_return(result: Any) -> None:
             requeue = set(result.get(REQUEUE, ())) if isinstance(result, dict) else {r.id for r in late}
+            if isinstance(result, dict) and result.get(PAUSE):
+                self._pause(result.get(QUEUE), result[PAUSE])
+            elif isinstance(result, dict):
+                self._load_failures = 0
             for req in late:  # None: the batch raised past its own handlers; its requests come back
                 if req.id in requeue:
                     req.reject(requeue=True)
@@ -88,6 +103,26 @@ class RequeueingBatches(Batches):
         return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
                                       accept_callback=on_accepted, callback=on_return, error_callback=on_error,
                                       soft_timeout=limit, timeout=limit + 30 if limit else None)
+
+
+    def _pause(self, queue: str | None, reason: str) -> None:
+        """Stop consuming ``queue`` (the model cannot load): its messages wait for a worker that can
+        serve them, or for this one to try again after a backoff (5 s, 10 s, ... ``pause_max_s``)."""
+        consumer = self._consumer
+        if consumer is None or not queue or self._paused:
+            return
+        delay = min(PAUSE_FIRST_S * 2 ** self._load_failures, self.pause_max_s)
+        self._load_failures += 1
+        self._paused = True
+        log.error("not consuming queue %s for %.0f s: the model cannot load (%s)", queue, delay, reason)
+        consumer.cancel_task_queue(queue)
+
+        def resume() -> None:
+            self._paused = False
+            log.info("consuming queue %s again: trying to load the model", queue)
+            consumer.add_task_queue(queue)
+
+        consumer.timer.call_after(delay, resume)
 
 
 def _simple(request) -> SimpleRequest:
@@ -119,25 +154,32 @@ def attempt_of(request) -> int:
 def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries: int, backoff_max: int,
                 store, results) -> str:
     """Re-send ``request`` after an exponential, jittered delay; past ``max_retries`` (or for bad
-    input) write an error result instead so the key is not lost. Returns "retry", "gave_up", or
-    "requeue" when the re-send itself failed (broker down): the request must then be requeued, not acked."""
+    input) write an error result instead so the key is not lost (an error of the system's is written
+    with its retriable code: ``reconcile`` finds it). When not even that result can be written, the
+    request is re-sent after ``backoff_max`` instead: never acked with nothing written. Returns
+    "retry", "gave_up", or "requeue" when the re-send itself failed (broker down): the request must
+    then be requeued, not acked."""
     attempt = attempt_of(request) + 1
     if attempt <= max_retries and not isinstance(exc, InvalidInputError):
         # Full jitter may draw 0: keep at least a second so a failing store is not hammered at once.
         countdown = max(1, get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max,
                                                             full_jitter=True))
-        try:
-            # The rest of the chain travels with the re-sent request, as it did with the first.
-            task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown,
-                             chain=rest_of_chain(request) or None)
-        except Exception as publish_error:  # noqa: BLE001 - kombu raises many kinds; all mean "not sent"
-            log.error("could not re-send %s for a retry (%r): requeueing the message", source.uri, publish_error)
-            return REQUEUE
-        log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
-        return "retry"
-    log.error("%s failed after %d attempts", source.uri, attempt)
-    write_error_result(store, source, exc, results)
-    return "gave_up"
+    else:
+        log.error("%s failed after %d attempts", source.uri, attempt)
+        if write_error_result(store, source, exc, results) != "unwritten":
+            return "gave_up"
+        # Not even the error result could be written (S3 down, results refused): the image must not
+        # be acked with nothing written. It comes back after the longest backoff, again and again.
+        countdown, attempt = backoff_max, max_retries
+    try:
+        # The rest of the chain travels with the re-sent request, as it did with the first.
+        task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown,
+                         chain=rest_of_chain(request) or None)
+    except Exception as publish_error:  # noqa: BLE001 - kombu raises many kinds; all mean "not sent"
+        log.error("could not re-send %s for a retry (%r): requeueing the message", source.uri, publish_error)
+        return REQUEUE
+    log.warning("retry %d/%d of s3://%s/%s in %ss: %r", attempt, max_retries, source.bucket, source.key, countdown, exc)
+    return "retry"
 
 
 def rest_of_chain(request) -> list:

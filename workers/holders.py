@@ -52,8 +52,12 @@ class Holders:
 
     def _classify(self):
         from vehicle_core.pipeline import ClassifyStage
+        from workers import metrics
 
-        return ClassifyStage.from_settings(self.settings)
+        stage = ClassifyStage.from_settings(self.settings)
+        if stage.watcher is not None:  # a refused new version shows on /metrics, beside its log line
+            stage.watcher.on_refused = metrics.MODEL_RELOAD_FAILURES.labels("classifier").inc
+        return stage
 
     def reset(self) -> None:
         for holder in (self.store, self.ledger, self.fetchers, self.detect, self.classify):

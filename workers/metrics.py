@@ -58,6 +58,14 @@ MODEL = Gauge("vp_model_info", "1 for the model of each role in the last result 
               ["role", "name", "version"],
               multiprocess_mode="livemax")
 
+MODEL_READY = Gauge("vp_model_ready", "1 when this worker process's model for a stage loaded; 0 while it cannot "
+                    "(the worker then stops consuming that queue and retries with backoff)", ["stage"],
+                    multiprocess_mode="livemin")
+MODEL_RELOAD_FAILURES = Counter("vp_model_reload_failures_total", "New model versions a worker refused or could "
+                                "not load (it kept serving the last good one)", ["role"])
+DEAD_LETTERED = Counter("vp_dead_lettered_total", "Task messages that could not be parsed, kept in the dead list",
+                        ["task"])
+
 _started = False
 _serving: dict[str, ModelInfo] = {}
 

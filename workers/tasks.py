@@ -34,15 +34,18 @@ from kombu.exceptions import OperationalError
 
 from vehicle_core import threads
 from vehicle_core.errors import (
+    ConfigError,
     InvalidInputError,
-    MalformedMessageError,
+    OutOfMemoryError,
     ProcessingTimeoutError,
     TransientError,
+    VehiclePipelineError,
     WorkerCrashedError,
+    is_out_of_memory,
 )
 from vehicle_core.messages import CropSet
 from vehicle_core.results import ImageResult, SourceRef
-from workers import batching, metrics, result_writer
+from workers import batching, dead_letters, metrics, result_writer
 from workers.app import app
 from workers.holders import Holders
 from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK
@@ -79,7 +82,7 @@ def _after_fork(**_: Any) -> None:
 
 @app.task(bind=True, base=batching.RequeueingBatches, name=DETECT_TASK, acks_late=True,
           flush_every=settings.detector.batch_size, flush_interval=settings.worker.batch_flush_interval_s,
-          time_limit_s=settings.worker.task_time_limit_s)
+          time_limit_s=settings.worker.task_time_limit_s, pause_max_s=settings.worker.model_retry_max_s)
 def detect_crop(self, requests) -> dict[str, Any]:
     """Fetch, decode, detect and crop a batch of images (one forward pass); hand each CropSet on.
 
@@ -89,7 +92,8 @@ def detect_crop(self, requests) -> dict[str, Any]:
     process died before run alone (workers/crash_ledger.py), and are given up after
     ``worker.max_deliveries`` crashes.
     """
-    return _run_batch(self, requests, "detect", SourceRef.from_dict, lambda source: source, _detect_group)
+    return _run_batch(self, requests, "detect", SourceRef.from_dict, lambda source: source, _detect_group,
+                      load=holders.detect.get)
 
 
 def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
@@ -100,7 +104,7 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
             log.info("skip %s etag=%s: result exists", source.uri, source.etag)
             metrics.TASKS.labels(task.name, "skipped").inc()
             done.append((request, {"skipped": "done", "key": source.key}))
-        elif isinstance(outcome, Exception):  # transient: this image alone comes back later
+        elif isinstance(outcome, Exception):  # the system's fault: this image alone comes back later
             if _retry(task, request, source, outcome) == batching.REQUEUE:
                 requeue.append(request.id)
         else:
@@ -111,10 +115,13 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
     started = time.perf_counter()
     try:
         crop_sets = stage.detect(prepared)
-    except SoftTimeLimitExceeded:
-        crop_sets = [CropSet(source=cs.source, models=cs.models,
-                             error=ProcessingTimeoutError("detection outlasted worker.task_time_limit_s").to_dict())
-                     for cs, _ in prepared]
+    except Exception as exc:  # noqa: BLE001 - out of memory, a time limit, a bug: the system's fault, not these images'
+        exc = system_fault(exc, "detecting the batch")
+        log.error("detect batch of %d failed (%s): each image is retried later", len(prepared), exc.message)
+        for request, (crop_set, _) in zip(waiting, prepared, strict=True):
+            if _retry(task, request, crop_set.source, exc) == batching.REQUEUE:
+                requeue.append(request.id)
+        return
     metrics.observe_batch("detect", images=len(prepared), crops=sum(len(cs.crops) for cs in crop_sets),
                           seconds=time.perf_counter() - started)
     log.info("detect batch: %d images", len(prepared))
@@ -134,12 +141,19 @@ def _fetch(source: SourceRef):
     """In a fetcher thread: "answered", a transient exception, or ``(CropSet, Decoded | None)``."""
     store = holders.store.get()
     try:
-        if result_writer.is_answered(store, source, settings.results):
-            return "answered"
+        answered = result_writer.is_answered(store, source, settings.results)
+    except InvalidInputError as exc:  # the *result* refused or rejected: a setting or a policy, never the image
+        return ConfigError(f"cannot read the result of {source.uri} ({exc.code}: {exc.message}); the workers "
+                           "need s3:GetObject on the results (docs/iam.md)")
+    except (TransientError, ConnectionError, TimeoutError) as exc:
+        return exc
+    if answered:
+        return "answered"
+    try:
         data, info = store.get(source.uri, max_bytes=settings.images.max_bytes)
     except InvalidInputError as exc:  # gone, too large, refused: permanent, becomes an error result
         return CropSet(source=source, error=exc.to_dict(), models={"detector": holders.detect.get().detector.info}), None
-    except (TransientError, ConnectionError, TimeoutError) as exc:
+    except (VehiclePipelineError, ConnectionError, TimeoutError) as exc:  # storage down, or a bug of ours
         return exc
     # Describe the bytes actually read: if the object changed since the event, its ETag tells.
     read = replace(source, etag=info.etag or source.etag, version_id=info.version_id or source.version_id,
@@ -163,7 +177,7 @@ def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, grou
 
 @app.task(bind=True, base=batching.RequeueingBatches, name=CLASSIFY_TASK, acks_late=True,
           flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s,
-          time_limit_s=settings.worker.task_time_limit_s)
+          time_limit_s=settings.worker.task_time_limit_s, pause_max_s=settings.worker.model_retry_max_s)
 def classify(self, requests) -> dict[str, Any]:
     """Classify the crops of a batch of images in shared forward passes; write each image's result.
 
@@ -173,16 +187,29 @@ def classify(self, requests) -> dict[str, Any]:
     ``worker.max_deliveries`` crashes. Returns which requests to requeue instead of ack.
     """
     return _run_batch(self, requests, "classify", CropSet.from_message, lambda crop_set: crop_set.source,
-                      _classify_group)
+                      _classify_group, load=holders.classify.get)
 
 
-def _run_batch(task, requests, stage: str, parse, source_of, run_group) -> dict[str, Any]:
+def _run_batch(task, requests, stage: str, parse, source_of, run_group, *, load) -> dict[str, Any]:
     """What both batched tasks do around their work: parse each request, give up on those that
     killed ``worker.max_deliveries`` processes, run the rest in crash-aware groups (marked in flight
     as ``<stage>:<id>``), report per request, and say which requests to requeue."""
     started = time.perf_counter()
-    todo, done = _parse_requests(requests, parse)
+    todo, done = _parse_requests(task, requests, parse)
     requeue: list[str] = []
+    try:
+        # The model first, outside the in-flight window: a model that cannot load (or kills the process
+        # loading it) is the system's fault, never counted against these images.
+        load()
+    except Exception as exc:  # noqa: BLE001 - any failure to load: the messages wait for a working model
+        metrics.MODEL_READY.labels(stage).set(0)
+        fault = system_fault(exc, f"loading the {stage} model")
+        log.error("%s model unavailable, %d messages go back to the queue and this worker stops consuming it "
+                  "for a while: %s", stage, len(todo), fault.message)
+        queue = settings.broker.detect_queue if stage == "detect" else settings.broker.classify_queue
+        return {batching.REQUEUE: [request.id for request, _ in todo], batching.PAUSE: fault.message,
+                batching.QUEUE: queue, "results": [summary for _, summary in done]}
+    metrics.MODEL_READY.labels(stage).set(1)
     ledger, store = holders.ledger.get(), holders.store.get()
     given_up, groups = ledger.triage(todo, key=lambda item: f"{stage}:{item[0].id}")
     for (request, item), crashes in given_up:
@@ -190,20 +217,42 @@ def _run_batch(task, requests, stage: str, parse, source_of, run_group) -> dict[
         ledger.forget([f"{stage}:{request.id}"])
     for group in groups:
         with ledger.in_flight([f"{stage}:{request.id}" for request, _ in group]):
-            run_group(task, group, done, requeue)
+            try:
+                run_group(task, group, done, requeue)
+            except Exception as exc:  # noqa: BLE001 - past the group's own handlers (S3, broker, a bug): the
+                # system's fault. Caught inside the window, so the marks clear: not a death of these images.
+                fault = system_fault(exc, f"the {stage} batch")
+                log.error("%s batch of %d failed (%s): retrying each later", stage, len(group), fault.message)
+                answered = {request.id for request, _ in done}
+                for request, item in group:
+                    if request.id not in answered and request.id not in requeue and \
+                            _retry(task, request, source_of(item), fault) == batching.REQUEUE:
+                        requeue.append(request.id)
     runtime = time.perf_counter() - started
     metrics.SECONDS.labels(task.name).observe(runtime)
     batching.report(task, done, runtime=runtime)
     return {batching.REQUEUE: requeue, "results": [summary for _, summary in done]}
 
 
+def system_fault(exc: BaseException, doing: str) -> VehiclePipelineError:
+    """``exc`` as one of the project's retriable errors (none of them is ever an image's final result)."""
+    if isinstance(exc, VehiclePipelineError) and not exc.final:
+        return exc
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return ProcessingTimeoutError(f"{doing} outlasted worker.task_time_limit_s")
+    if is_out_of_memory(exc):
+        return OutOfMemoryError(f"out of memory while {doing}: {exc!s:.200}")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return TransientError(f"{doing}: {exc!r:.200}")
+    return VehiclePipelineError(f"{doing} failed: {type(exc).__name__}: {exc!s:.200}")  # code "internal"
+
+
 def _classify_group(task, group: list, done: list, requeue: list[str]) -> None:
     started = time.perf_counter()
     try:
         results = holders.classify.get().run([crop_set for _, crop_set in group])
-    except Exception as exc:  # noqa: BLE001 - the whole group failed: re-send each (model, timeout, bug)
-        if isinstance(exc, SoftTimeLimitExceeded):
-            exc = ProcessingTimeoutError("classifying the batch outlasted worker.task_time_limit_s")
+    except Exception as exc:  # noqa: BLE001 - the whole group failed: re-send each (model, timeout, memory, bug)
+        exc = system_fault(exc, "classifying the batch")
         for request, crop_set in group:
             if _retry(task, request, crop_set.source, exc) == batching.REQUEUE:
                 requeue.append(request.id)
@@ -225,23 +274,32 @@ def _give_up_crashed(store, source: SourceRef, crashes: int) -> dict[str, Any]:
     return {"key": source.key, "status": "error", "error": error.to_dict(), "outcome": outcome}
 
 
-def _parse_requests(requests, parse) -> tuple[list, list]:
-    """``[(request, parse(its argument))]`` and, for the malformed ones, ``[(request, summary)]``."""
+def _parse_requests(task, requests, parse) -> tuple[list, list]:
+    """``[(request, parse(its argument))]`` and, for the messages that cannot be parsed (whatever the
+    parser raised), ``[(request, summary)]``: each is kept in the dead list (workers/dead_letters.py)
+    and acked, and its batch-mates proceed."""
     todo, done = [], []
     for request in requests:
         try:
-            todo.append((request, parse(request.args[0] if request.args else None)))
-        except MalformedMessageError as exc:
-            log.error("dropping malformed message %s: %s", request.id, exc)
-            done.append((request, {"skipped": "malformed", "key": None}))
+            args = request.args
+            if not isinstance(args, list | tuple) or len(args) != 1:
+                raise TypeError(f"expected one positional argument, got {type(args).__name__} {args!r:.100}")
+            todo.append((request, parse(args[0])))
+        except Exception as exc:  # noqa: BLE001 - a bad message must never take its batch-mates down
+            dead_letters.keep(holders.ledger.get().client, task=task.name, request=request, error=exc)
+            metrics.DEAD_LETTERED.labels(task.name).inc()
+            done.append((request, {"skipped": "dead_lettered", "key": None, "error": repr(exc)[:200]}))
     return todo, done
 
 
 def _write(task, request, result: ImageResult, requeue: list[str]) -> dict[str, Any] | None:
     try:
         outcome = result_writer.write_if_current(holders.store.get(), result, settings.results)
-    except (TransientError, ConnectionError, TimeoutError) as exc:
-        if _retry(task, request, result.source, exc) == batching.REQUEUE:
+    except (VehiclePipelineError, ConnectionError, TimeoutError) as exc:  # S3 down, or the results refused
+        fault = exc if isinstance(exc, TransientError) else ConfigError(
+            f"cannot write the result of {result.source.uri} ({getattr(exc, 'code', type(exc).__name__)}: "
+            f"{getattr(exc, 'message', exc)}); check results.bucket and the workers' policy (docs/iam.md)")
+        if _retry(task, request, result.source, fault) == batching.REQUEUE:
             requeue.append(request.id)
         return None
     metrics.TASKS.labels(task.name, outcome if outcome != result_writer.WRITTEN else result.status).inc()

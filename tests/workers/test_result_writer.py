@@ -27,8 +27,13 @@ def test_a_result_for_another_etag_or_none_is_not_done():
 
 
 def test_results_a_later_attempt_may_fix_are_not_done():
-    for code in ("storage_unavailable", "transient", "access_denied"):
+    # Faults of the system, an unknown code included: never an image's final answer.
+    for code in ("storage_unavailable", "transient", "model_unavailable", "config", "internal", "out_of_memory",
+                 "timeout", "a-code-from-a-newer-version"):
         assert not is_done(_stamp("e1", code=code), "e1"), code
+    # The image's own faults are its answer (access denied to *that object* included).
+    for code in ("undecodable", "unsupported_format", "too_large", "not_found", "access_denied", "worker_crashed"):
+        assert is_done(_stamp("e1", code=code), "e1"), code
 
 
 def test_the_metadata_stamp_says_what_the_document_says():

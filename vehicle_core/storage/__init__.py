@@ -5,10 +5,10 @@
 * :mod:`vehicle_core.storage.objects` — :class:`ObjectStore`: head, get (bounded), get_json, put,
   list, delete over ``s3://`` URIs and local paths;
 * :mod:`vehicle_core.storage.artifacts` — :func:`resolve_local` for model artifacts (``zoo://``,
-  ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag.
+  ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag, checked against a SHA-256.
 """
 
-from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local
+from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local, sha256_of, verify_sha256
 from vehicle_core.storage.objects import ObjectInfo, ObjectStore, is_s3
 from vehicle_core.storage.s3 import (
     events_client,
@@ -31,6 +31,8 @@ __all__ = [
     "resolve_local",
     "s3_client",
     "s3_uri",
+    "sha256_of",
     "sqs_client",
     "storage_error",
+    "verify_sha256",
 ]

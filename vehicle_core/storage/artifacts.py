@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from vehicle_core.config import StorageSettings
@@ -22,10 +23,30 @@ from vehicle_core.storage.s3 import parse_s3_uri
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
-def resolve_local(uri: str, storage: StorageSettings) -> Path:
+def sha256_of(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path | str, expected: str, uri: str) -> None:
+    """ModelLoadError unless the file at ``path`` has the SHA-256 ``expected`` (a half-written,
+    truncated or replaced artifact is never loaded)."""
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{uri}: a SHA-256 is given but the artifact is not one file")
+    actual = sha256_of(path)
+    if actual != expected.lower():
+        raise ModelLoadError(f"{uri}: SHA-256 {actual} differs from the {expected} it was published with; "
+                             "refusing it (publish the version again under a new name)")
+
+
+def resolve_local(uri: str, storage: StorageSettings, *, sha256: str | None = None) -> Path:
     """A local path for an artifact URI: local paths as is, ``s3://`` objects/prefixes/archives
     downloaded into ``storage.cache_dir`` (reused while the ETag matches), ``zoo://NAME`` from
-    vehicle_core/zoo. ModelLoadError saying what failed and how to fix it, on any failure."""
+    vehicle_core/zoo. With ``sha256``, the file (the archive itself, before extraction) must have
+    that digest. ModelLoadError saying what failed and how to fix it, on any failure."""
     uri = str(uri)
     if uri.startswith("zoo://"):
         path = ZOO_DIR / uri[len("zoo://"):]
@@ -34,15 +55,17 @@ def resolve_local(uri: str, storage: StorageSettings) -> Path:
         raise ModelLoadError(f"{uri}: no bundled model at {path}; use a local path or s3:// URI instead")
     if uri.startswith("s3://"):
         try:
-            return _resolve_s3(uri, storage)
+            return _resolve_s3(uri, storage, sha256)
         except ModelLoadError:
             raise
-        except (VehiclePipelineError, OSError, tarfile.TarError, ValueError) as exc:
+        except (VehiclePipelineError, OSError, EOFError, zlib.error, tarfile.TarError, ValueError) as exc:
             raise ModelLoadError(f"{uri}: cannot download ({exc}); check the URI, credentials and "
                                  f"storage.endpoint_url, or copy the artifact locally and pass its path") from exc
     path = Path(uri).expanduser()
     if not path.exists():
         raise ModelLoadError(f"{uri}: no such file or directory; pass an existing path or an s3:// URI")
+    if sha256 is not None:
+        verify_sha256(path, sha256, uri)
     if not _is_archive(path):
         return path
     # Extract into the cache (the archive's folder may be read-only), keyed by path, size and mtime.
@@ -60,7 +83,7 @@ def _archive_stem(path: Path) -> str:
     return name[: -len(".tar.gz")] if name.endswith(".tar.gz") else name[: -len(".tgz")]
 
 
-def _resolve_s3(uri: str, storage: StorageSettings) -> Path:
+def _resolve_s3(uri: str, storage: StorageSettings, sha256: str | None = None) -> Path:
     bucket, key = parse_s3_uri(uri)
     store = ObjectStore(storage)
     objects = _list_artifact(store, bucket, key, uri)
@@ -81,6 +104,8 @@ def _resolve_s3(uri: str, storage: StorageSettings) -> Path:
     if not single:
         return target / "content"
     path = target / "content" / Path(key).name
+    if sha256 is not None:
+        verify_sha256(path, sha256, uri)  # the cached copy too: checked before anything is extracted
     if _is_archive(path):
         out = target / "extracted"
         if out.exists():
@@ -121,11 +146,11 @@ def _extract_if_archive(archive: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=out.parent))
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            try:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(tmp, filter="data")  # refuses traversal, absolute paths, devices
-            except (tarfile.FilterError, tarfile.TarError) as exc:
-                raise ModelLoadError(f"{archive}: unsafe or corrupt archive ({exc}); rebuild it") from exc
+        except (tarfile.FilterError, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise ModelLoadError(f"{archive}: unsafe, truncated or corrupt archive ({exc!r}); rebuild it") from exc
         with contextlib.suppress(OSError):
             os.rename(tmp, out)
     finally:

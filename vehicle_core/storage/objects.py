@@ -219,15 +219,17 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "DELETE", uri) from exc
 
-    def upload_file(self, path: str | Path, uri: str) -> None:
-        """Copy a local file to ``uri`` (multipart for large files, as boto3's transfer manager does)."""
+    def upload_file(self, path: str | Path, uri: str, *, metadata: dict[str, str] | None = None) -> None:
+        """Copy a local file to ``uri`` (multipart for large files, as boto3's transfer manager does);
+        ``metadata`` becomes S3 user metadata."""
         from boto3.s3.transfer import TransferConfig
 
         bucket, key = parse_s3_uri(uri)
         try:
             # Parts one after another: uploads here are model artifacts and reports (rare), and
             # S3-compatible servers (moto under load) have failed concurrent parts of one upload.
-            self.client.upload_file(str(path), bucket, key, Config=TransferConfig(use_threads=False))
+            self.client.upload_file(str(path), bucket, key, Config=TransferConfig(use_threads=False),
+                                    ExtraArgs={"Metadata": metadata} if metadata else None)
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "PUT", uri) from exc
 
