@@ -38,7 +38,9 @@ def _broker_unreachable(exc: BaseException) -> str | None:
     except ImportError:  # another broker transport
         RedisConnectionError = OperationalError  # noqa: N806
     if isinstance(exc, OperationalError | RedisConnectionError):
-        return (f"cannot reach the broker ({exc}): is Redis up? check broker.url (VP_BROKER__URL), "
+        from vehicle_core.config import mask_urls
+
+        return (f"cannot reach the broker ({mask_urls(str(exc))}): is Redis up? check broker.url (VP_BROKER__URL), "
                 "or pass --dry-run to only list")
     return None
 
@@ -193,21 +195,32 @@ def _checked_uri(text: str) -> str:
     return text
 
 
+def _account_id(text: str) -> str:
+    """argparse ``type=``: a 12-digit AWS account id."""
+    value = text.strip()
+    if not (len(value) == 12 and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a 12-digit AWS account id: {text!r}")
+    return value
+
+
 def _setup_bucket(args, settings) -> int:
     import json
 
-    from producer.bucket_setup import BucketWiring, apply, plan
-    from vehicle_core.storage import events_client, s3_client, sqs_client
+    from producer.bucket_setup import BucketWiring, apply, caller_account, plan
+    from vehicle_core.storage import events_client, s3_client, sqs_client, sts_client
 
     bucket, prefix = args.uri
     s3, sqs = s3_client(settings.storage), sqs_client(settings.storage)
     wiring = BucketWiring(bucket=bucket, prefix=prefix, queue=args.queue, max_receive_count=args.max_receive_count,
                           eventbridge=args.eventbridge, region=sqs.meta.region_name)
+    # aws:SourceAccount of the queue policy: the bucket owner's account, by default the caller's.
+    account = caller_account(sts_client(settings.storage))
+    source_account = args.source_account or account
     if args.dry_run:
-        print(json.dumps(plan(s3, sqs, wiring), indent=2))
+        print(json.dumps(plan(s3, sqs, wiring, account=account, source_account=source_account), indent=2))
         return 0
     events = events_client(settings.storage) if args.eventbridge else None
-    done = apply(s3, sqs, wiring, events=events)
+    done = apply(s3, sqs, wiring, events=events, source_account=source_account)
     print(f"s3://{bucket}/{prefix} -> {done['queue_url']} "
           f"({'EventBridge rule ' + wiring.rule_name if args.eventbridge else 'S3 notification'}; "
           f"dead letters after {args.max_receive_count} receives: {wiring.dlq})")
@@ -260,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument("--max-receive-count", type=int, default=3, help="receives before a message goes to the DLQ")
     setup.add_argument("--eventbridge", action="store_true",
                        help="announce through EventBridge (bucket switch + 'Object Created' rule), not S3 notifications")
+    setup.add_argument("--source-account", type=_account_id,
+                       help="12-digit account owning the bucket, the policy's aws:SourceAccount (default: the caller's, from STS)")
     setup.add_argument("--dry-run", action="store_true", help="print the JSON that would be applied; change nothing")
     setup.set_defaults(func=_setup_bucket)
     return parser

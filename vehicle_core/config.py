@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -222,6 +223,15 @@ def mask_secret(value: str) -> str:
     if ":" in value:
         return value.split(":", 1)[0] + ":***"
     return value
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def mask_urls(text: str) -> str:
+    """Every ``scheme://user:password@`` inside free ``text`` (an exception's message, a log line)
+    with the password replaced by ``***``: for text that may quote a broker URL."""
+    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 # Range checks beyond types: key -> (predicate, what it must be).

@@ -73,6 +73,11 @@ def events_client(storage: StorageSettings):
     return _client("events", storage)
 
 
+def sts_client(storage: StorageSettings):
+    """A boto3 STS client configured like :func:`s3_client` (``setup-bucket``: the caller's account)."""
+    return _client("sts", storage)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into ``(bucket, key)``; ValueError for anything else."""
     if not uri.startswith("s3://"):
