@@ -1,5 +1,6 @@
-"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix``, ``reconcile``
-and ``setup-bucket s3://bucket[/prefix] --queue NAME`` (uploads -> SQS, with a dead-letter queue)."""
+"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix``, ``reconcile``,
+``setup-bucket s3://bucket[/prefix] --queue NAME`` (uploads -> SQS, with a dead-letter queue) and
+``redrive`` (dead-lettered messages back to the queue; a dry run unless ``--apply``)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def _listen(args, settings) -> int:
         depth=depth_probe(app, settings.broker.detect_queue),
         max_queue_depth=settings.producer.max_queue_depth,
         pause_poll_s=settings.producer.pause_poll_s,
+        outage_visibility_s=settings.producer.outage_visibility_s,
+        outage_backoff_max_s=settings.producer.outage_backoff_max_s,
     )
     stop_on_signals(listener)
     from producer.metrics import serve
@@ -228,6 +231,27 @@ def _setup_bucket(args, settings) -> int:
     return 0
 
 
+def _redrive(args, settings) -> int:
+    from producer.redrive import redrive
+    from vehicle_core.errors import ConfigError
+    from vehicle_core.storage import sqs_client
+
+    queue_url = args.queue_url or settings.producer.queue_url
+    if not queue_url:
+        raise ConfigError("no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
+    report = redrive(sqs_client(settings.storage), queue_url, _keys(args, settings), dlq_url=args.dlq_url,
+                     apply=args.apply, sample=args.sample, limit=args.limit)
+    if not args.apply:
+        print(f"{report.waiting} messages in {report.dlq_url} (dry run: nothing moved; --apply moves them "
+              f"back to {queue_url})")
+        for line in report.sample:
+            print(f"  {line}")
+        return 0
+    print(f"moved {report.moved} messages from {report.dlq_url} back to {queue_url}"
+          + (f"; {report.failed} could not be sent and stay in the dead-letter queue" if report.failed else ""))
+    return 1 if report.failed else 0
+
+
 def _since(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
@@ -266,6 +290,14 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--verify", action="store_true", help="HEAD every result instead of trusting LastModified")
     rec.add_argument("--quiet", action="store_true", help="counts only, no line per image")
     rec.set_defaults(func=_reconcile)
+
+    red = sub.add_parser("redrive", help="move dead-lettered messages back to the queue (dry run unless --apply)")
+    red.add_argument("--queue-url", help="the queue the listener reads (default: producer.queue_url)")
+    red.add_argument("--dlq-url", help="the dead-letter queue (default: the one the queue's RedrivePolicy names)")
+    red.add_argument("--apply", action="store_true", help="move them (default: count and show a sample only)")
+    red.add_argument("--sample", type=int, default=10, help="keys shown by a dry run (default 10, at most 10)")
+    red.add_argument("--limit", type=int, help="move at most this many messages")
+    red.set_defaults(func=_redrive, suffix=None)
 
     setup = sub.add_parser("setup-bucket", help="create the SQS queue (+ DLQ, policy) and the bucket's notification")
     setup.add_argument("uri", type=s3_uri, help="s3://bucket[/prefix]: uploads under prefix are announced")
