@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vehicle_core.config import mask_secret
 from workers.flower import DEMO_CREDENTIALS
 
 log = logging.getLogger("vehicle-demo")
@@ -326,7 +327,9 @@ def run_demo(args: argparse.Namespace) -> int:
                             flower_port=args.flower_port or settings.flower.port,
                             basic_auth=settings.flower.basic_auth or DEMO_CREDENTIALS)
         try:
-            print(f"Flower: {stack.flower_url}  (user:password {settings.flower.basic_auth or DEMO_CREDENTIALS})")
+            # The demo's own credentials are public (docs); an operator's are shown masked.
+            shown = mask_secret(settings.flower.basic_auth) if settings.flower.basic_auth else DEMO_CREDENTIALS
+            print(f"Flower: {stack.flower_url}  (user:password {shown})")
             uploads = demo_images(args.images, args.seed)
             for key, data, _ in uploads:
                 stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=data)

@@ -5,8 +5,11 @@ What it creates or updates, each step idempotent (run it again and nothing chang
 * the dead-letter queue ``<queue>-dlq`` and the queue ``<queue>`` with a redrive policy
   (``maxReceiveCount``): a message the listener cannot handle ends there for a human;
 * the queue policy letting this bucket (``s3.amazonaws.com``, or with ``--eventbridge`` the rule,
-  ``events.amazonaws.com``) send to the queue. AWS drops events a queue policy does not allow,
-  silently; moto does not check it, so the tests check the document itself;
+  ``events.amazonaws.com``) send to the queue, on two conditions: ``aws:SourceArn`` (that bucket or
+  rule) and ``aws:SourceAccount`` (the account owning it: ``--source-account``, else the caller's
+  account from STS ``GetCallerIdentity``, else the queue's), so a bucket of the same name in another
+  account cannot send (the confused-deputy guard AWS documents). AWS drops events a queue policy does
+  not allow, silently; moto does not check it, so the tests check the document itself;
 * direct form: the bucket's ``s3:ObjectCreated:*`` notification for the prefix, *merged* into the
   bucket's existing notification configuration (other queues, topics, Lambdas are kept);
 * EventBridge form: the bucket's EventBridge switch (also merged) and a rule matching its
@@ -57,9 +60,10 @@ def queue_arn(name: str, region: str, account: str) -> str:
     return f"arn:aws:sqs:{region}:{account}:{name}"
 
 
-def queue_policy(queue: str, *, source_arn: str, service: str, sid: str, existing: str | None = None) -> dict:
-    """The queue's policy with our one statement (``service`` may send, from ``source_arn`` only)
-    replacing an earlier one of the same Sid; statements others wrote are kept."""
+def queue_policy(queue: str, *, source_arn: str, service: str, sid: str, source_account: str,
+                 existing: str | None = None) -> dict:
+    """The queue's policy with our one statement (``service`` may send, from ``source_arn`` in
+    ``source_account`` only) replacing an earlier one of the same Sid; statements others wrote are kept."""
     doc = json.loads(existing) if existing else {"Version": "2012-10-17", "Statement": []}
     statements = [s for s in doc.get("Statement", []) if s.get("Sid") != sid]
     statements.append({
@@ -68,7 +72,8 @@ def queue_policy(queue: str, *, source_arn: str, service: str, sid: str, existin
         "Principal": {"Service": service},
         "Action": "sqs:SendMessage",
         "Resource": queue,
-        "Condition": {"ArnEquals": {"aws:SourceArn": source_arn}},
+        "Condition": {"ArnEquals": {"aws:SourceArn": source_arn},
+                      "StringEquals": {"aws:SourceAccount": source_account}},
     })
     return {**doc, "Statement": statements}
 
@@ -117,10 +122,20 @@ def _account_of(attrs: dict[str, str]) -> str | None:
     return arn.split(":")[4] if arn.count(":") >= 5 else None
 
 
-def plan(s3, sqs, wiring: BucketWiring, *, account: str | None = None) -> dict[str, Any]:
+def caller_account(sts) -> str | None:
+    """The account id of the credentials in use (STS ``GetCallerIdentity``), None when STS cannot say."""
+    try:
+        return sts.get_caller_identity()["Account"]
+    except Exception:  # noqa: BLE001 - no STS endpoint or no permission: the queue's ARN names it instead
+        return None
+
+
+def plan(s3, sqs, wiring: BucketWiring, *, account: str | None = None,
+         source_account: str | None = None) -> dict[str, Any]:
     """Every document :func:`apply` would write, computed from what exists now (reads only).
 
-    The account comes from an existing queue's ARN, else ``account``, else a placeholder.
+    The account comes from an existing queue's ARN, else ``account``, else a placeholder; the
+    policy's ``aws:SourceAccount`` is ``source_account`` (the bucket owner's), else that account.
     """
     _, dlq_attrs = _existing_queue(sqs, wiring.dlq)
     _, q_attrs = _existing_queue(sqs, wiring.queue)
@@ -129,12 +144,13 @@ def plan(s3, sqs, wiring: BucketWiring, *, account: str | None = None) -> dict[s
     dlq = dlq_attrs.get("QueueArn") or queue_arn(wiring.dlq, wiring.region, account)
     rule_arn = f"arn:aws:events:{wiring.region}:{account}:rule/{wiring.rule_name}"
     bucket_arn = f"arn:aws:s3:::{wiring.bucket}"
+    source_account = source_account or account
     if wiring.eventbridge:
         policy = queue_policy(arn, source_arn=rule_arn, service="events.amazonaws.com", sid=SID_EVENTS,
-                              existing=q_attrs.get("Policy"))
+                              source_account=source_account, existing=q_attrs.get("Policy"))
     else:
         policy = queue_policy(arn, source_arn=bucket_arn, service="s3.amazonaws.com", sid=SID_S3,
-                              existing=q_attrs.get("Policy"))
+                              source_account=source_account, existing=q_attrs.get("Policy"))
     existing = s3.get_bucket_notification_configuration(Bucket=wiring.bucket)
     out: dict[str, Any] = {
         "dead_letter_queue": {"QueueName": wiring.dlq, "QueueArn": dlq},
@@ -155,13 +171,13 @@ def plan(s3, sqs, wiring: BucketWiring, *, account: str | None = None) -> dict[s
     return out
 
 
-def apply(s3, sqs, wiring: BucketWiring, *, events=None) -> dict[str, Any]:
+def apply(s3, sqs, wiring: BucketWiring, *, events=None, source_account: str | None = None) -> dict[str, Any]:
     """Create or update the queues, the queue policy, the notification (and the EventBridge rule,
     with ``events``, a boto3 EventBridge client); return the plan applied plus ``queue_url``."""
     # The queues first: the plan's ARNs then name the real account.
     sqs.create_queue(QueueName=wiring.dlq)
     url = sqs.create_queue(QueueName=wiring.queue)["QueueUrl"]
-    doc = plan(s3, sqs, wiring)
+    doc = plan(s3, sqs, wiring, source_account=source_account)
     attrs = doc["queue"]["Attributes"]
     # create_queue refuses different attributes for an existing queue; set_queue_attributes does not.
     sqs.set_queue_attributes(QueueUrl=url, Attributes={

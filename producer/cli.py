@@ -1,5 +1,6 @@
-"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix``, ``reconcile``
-and ``setup-bucket s3://bucket[/prefix] --queue NAME`` (uploads -> SQS, with a dead-letter queue)."""
+"""``vehicle-producer``: ``listen`` (SQS -> detect queue), ``backfill s3://bucket/prefix``, ``reconcile``,
+``setup-bucket s3://bucket[/prefix] --queue NAME`` (uploads -> SQS, with a dead-letter queue) and
+``redrive`` (dead-lettered messages back to the queue; a dry run unless ``--apply``)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def _broker_unreachable(exc: BaseException) -> str | None:
     except ImportError:  # another broker transport
         RedisConnectionError = OperationalError  # noqa: N806
     if isinstance(exc, OperationalError | RedisConnectionError):
-        return (f"cannot reach the broker ({exc}): is Redis up? check broker.url (VP_BROKER__URL), "
+        from vehicle_core.config import mask_urls
+
+        return (f"cannot reach the broker ({mask_urls(str(exc))}): is Redis up? check broker.url (VP_BROKER__URL), "
                 "or pass --dry-run to only list")
     return None
 
@@ -65,6 +68,8 @@ def _listen(args, settings) -> int:
         depth=depth_probe(app, settings.broker.detect_queue),
         max_queue_depth=settings.producer.max_queue_depth,
         pause_poll_s=settings.producer.pause_poll_s,
+        outage_visibility_s=settings.producer.outage_visibility_s,
+        outage_backoff_max_s=settings.producer.outage_backoff_max_s,
     )
     stop_on_signals(listener)
     from producer.metrics import serve
@@ -193,26 +198,58 @@ def _checked_uri(text: str) -> str:
     return text
 
 
+def _account_id(text: str) -> str:
+    """argparse ``type=``: a 12-digit AWS account id."""
+    value = text.strip()
+    if not (len(value) == 12 and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a 12-digit AWS account id: {text!r}")
+    return value
+
+
 def _setup_bucket(args, settings) -> int:
     import json
 
-    from producer.bucket_setup import BucketWiring, apply, plan
-    from vehicle_core.storage import events_client, s3_client, sqs_client
+    from producer.bucket_setup import BucketWiring, apply, caller_account, plan
+    from vehicle_core.storage import events_client, s3_client, sqs_client, sts_client
 
     bucket, prefix = args.uri
     s3, sqs = s3_client(settings.storage), sqs_client(settings.storage)
     wiring = BucketWiring(bucket=bucket, prefix=prefix, queue=args.queue, max_receive_count=args.max_receive_count,
                           eventbridge=args.eventbridge, region=sqs.meta.region_name)
+    # aws:SourceAccount of the queue policy: the bucket owner's account, by default the caller's.
+    account = caller_account(sts_client(settings.storage))
+    source_account = args.source_account or account
     if args.dry_run:
-        print(json.dumps(plan(s3, sqs, wiring), indent=2))
+        print(json.dumps(plan(s3, sqs, wiring, account=account, source_account=source_account), indent=2))
         return 0
     events = events_client(settings.storage) if args.eventbridge else None
-    done = apply(s3, sqs, wiring, events=events)
+    done = apply(s3, sqs, wiring, events=events, source_account=source_account)
     print(f"s3://{bucket}/{prefix} -> {done['queue_url']} "
           f"({'EventBridge rule ' + wiring.rule_name if args.eventbridge else 'S3 notification'}; "
           f"dead letters after {args.max_receive_count} receives: {wiring.dlq})")
     print(f"listen with: VP_PRODUCER__QUEUE_URL={done['queue_url']} vehicle-producer listen")
     return 0
+
+
+def _redrive(args, settings) -> int:
+    from producer.redrive import redrive
+    from vehicle_core.errors import ConfigError
+    from vehicle_core.storage import sqs_client
+
+    queue_url = args.queue_url or settings.producer.queue_url
+    if not queue_url:
+        raise ConfigError("no SQS queue: pass --queue-url or set producer.queue_url (VP_PRODUCER__QUEUE_URL)")
+    report = redrive(sqs_client(settings.storage), queue_url, _keys(args, settings), dlq_url=args.dlq_url,
+                     apply=args.apply, sample=args.sample, limit=args.limit)
+    if not args.apply:
+        print(f"{report.waiting} messages in {report.dlq_url} (dry run: nothing moved; --apply moves them "
+              f"back to {queue_url})")
+        for line in report.sample:
+            print(f"  {line}")
+        return 0
+    print(f"moved {report.moved} messages from {report.dlq_url} back to {queue_url}"
+          + (f"; {report.failed} could not be sent and stay in the dead-letter queue" if report.failed else ""))
+    return 1 if report.failed else 0
 
 
 def _since(text: str) -> dt.datetime:
@@ -254,12 +291,22 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--quiet", action="store_true", help="counts only, no line per image")
     rec.set_defaults(func=_reconcile)
 
+    red = sub.add_parser("redrive", help="move dead-lettered messages back to the queue (dry run unless --apply)")
+    red.add_argument("--queue-url", help="the queue the listener reads (default: producer.queue_url)")
+    red.add_argument("--dlq-url", help="the dead-letter queue (default: the one the queue's RedrivePolicy names)")
+    red.add_argument("--apply", action="store_true", help="move them (default: count and show a sample only)")
+    red.add_argument("--sample", type=int, default=10, help="keys shown by a dry run (default 10, at most 10)")
+    red.add_argument("--limit", type=int, help="move at most this many messages")
+    red.set_defaults(func=_redrive, suffix=None)
+
     setup = sub.add_parser("setup-bucket", help="create the SQS queue (+ DLQ, policy) and the bucket's notification")
     setup.add_argument("uri", type=s3_uri, help="s3://bucket[/prefix]: uploads under prefix are announced")
     setup.add_argument("--queue", required=True, help="SQS queue name (its dead-letter queue: NAME-dlq)")
     setup.add_argument("--max-receive-count", type=int, default=3, help="receives before a message goes to the DLQ")
     setup.add_argument("--eventbridge", action="store_true",
                        help="announce through EventBridge (bucket switch + 'Object Created' rule), not S3 notifications")
+    setup.add_argument("--source-account", type=_account_id,
+                       help="12-digit account owning the bucket, the policy's aws:SourceAccount (default: the caller's, from STS)")
     setup.add_argument("--dry-run", action="store_true", help="print the JSON that would be applied; change nothing")
     setup.set_defaults(func=_setup_bucket)
     return parser

@@ -21,8 +21,10 @@ COUNTERS = {
     "enqueued": ("vp_producer_images_enqueued", "Images sent to the detect queue"),
     "malformed": ("vp_producer_messages_malformed", "SQS messages that are no event we know (left for the DLQ)"),
     "deleted": ("vp_producer_messages_deleted", "SQS messages deleted once handled"),
-    "failed": ("vp_producer_messages_failed", "SQS messages left for redelivery after a failure (broker down, bug)"),
+    "failed": ("vp_producer_messages_failed", "SQS messages left for redelivery after a failure (a bug)"),
     "paused": ("vp_producer_pauses", "Polls skipped because the detect queue was too deep"),
+    "outages": ("vp_producer_broker_outages", "Times the broker was unreachable (the listener stopped receiving)"),
+    "held": ("vp_producer_messages_held", "SQS messages held through a broker outage, then enqueued"),
 }
 
 

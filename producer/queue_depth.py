@@ -28,3 +28,15 @@ def depth_probe(app, queue: str):
         return queue_depth(connection, queue)
 
     return depth
+
+
+def broker_probe(app, *, timeout_s: float = 2.0):
+    """A zero-argument callable that returns when ``app``'s broker answers and raises (kombu's
+    ``OperationalError``) when it does not, after one connection attempt: what the listener asks
+    while it waits out an outage (the pooled connections retry for seconds before giving up)."""
+
+    def probe() -> None:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+
+    return probe

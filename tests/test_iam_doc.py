@@ -32,3 +32,11 @@ def test_workers_cannot_write_outside_results_nor_move_the_registry_pointer():
     workers = _policies()[2]
     writes = [s for s in workers["Statement"] if "s3:PutObject" in json.dumps(s["Action"])]
     assert [s["Resource"] for s in writes] == ["arn:aws:s3:::RESULTS_BUCKET/results/*"]
+
+
+def test_workers_can_read_the_results_they_check_before_writing():
+    # The worker HEADs a result before processing and before writing it (HeadObject needs s3:GetObject):
+    # with results.bucket set, BUCKET/* does not cover RESULTS_BUCKET.
+    workers = _policies()[2]
+    reads = [s for s in workers["Statement"] if "s3:GetObject" in json.dumps(s["Action"])]
+    assert any("arn:aws:s3:::RESULTS_BUCKET/results/*" in json.dumps(s["Resource"]) for s in reads)

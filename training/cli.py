@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             out = COMMANDS[args.command](args, settings)
     except (VehiclePipelineError, ValueError, OSError, BotoCoreError, ClientError) as exc:
-        print(f"vehicle-train {args.command}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        from vehicle_core.config import mask_urls
+
+        print(f"vehicle-train {args.command}: {mask_urls(str(getattr(exc, 'message', exc)))}", file=sys.stderr)
         return 2
     if out is not None:
         print(out if isinstance(out, str) else json.dumps(out, indent=2, default=str))
@@ -150,7 +152,10 @@ def _detect_workers_map(args, settings):
         print(f"cropping on the detect workers: {', '.join(found)}", file=sys.stderr)
         return CeleryChunks(settings, found)
     if args.via == "celery":
-        raise ValueError(f"--via celery: no worker consumes queue {settings.broker.detect_queue!r} at {settings.broker.url}")
+        from vehicle_core.config import mask_secret
+
+        raise ValueError(f"--via celery: no worker consumes queue {settings.broker.detect_queue!r} "
+                         f"at {mask_secret(settings.broker.url)}")
     print("no detect worker answered: cropping in this process", file=sys.stderr)
     return None
 

@@ -81,7 +81,9 @@ def report(prog: str, exc: BaseException) -> int:
     error = explain(exc)
     if error is None:
         raise exc
-    print(f"{prog}: {error.message}", file=sys.stderr)
+    from vehicle_core.config import mask_urls
+
+    print(f"{prog}: {mask_urls(error.message)}", file=sys.stderr)
     return exit_status(error)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ class ProducerSettings:
     checkpoint_every: int
     list_concurrency: int
     metrics_port: int = 0
+    outage_visibility_s: int = 300
+    outage_backoff_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,15 @@ def mask_secret(value: str) -> str:
     return value
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def mask_urls(text: str) -> str:
+    """Every ``scheme://user:password@`` inside free ``text`` (an exception's message, a log line)
+    with the password replaced by ``***``: for text that may quote a broker URL."""
+    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
 # Range checks beyond types: key -> (predicate, what it must be).
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "detector.backend": (lambda v: v in ("torchvision", "detectron2"), "torchvision or detectron2"),
@@ -251,6 +263,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "producer.enqueue_batch": (lambda v: v >= 1, "at least 1"),
     "producer.checkpoint_every": (lambda v: v >= 1, "at least 1"),
     "producer.list_concurrency": (lambda v: 1 <= v <= 64, "between 1 and 64"),
+    "producer.outage_visibility_s": (lambda v: 30 <= v <= 43200, "between 30 and 43200 (SQS limit)"),
+    "producer.outage_backoff_max_s": (lambda v: 1 <= v <= 300, "between 1 and 300"),
     "training.mixed_precision": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
     "training.dropout": (lambda v: 0.0 <= v < 1.0, "between 0 and 1"),
     "worker.max_deliveries": (lambda v: v >= 1, "at least 1"),

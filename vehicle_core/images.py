@@ -3,10 +3,16 @@
 Checks run cheapest first: empty, byte size, format by magic bytes, the container's structure (every
 PNG/WebP chunk, TIFF strip and BMP pixel array must fit in the bytes present: a 105-byte PNG whose
 chunk claims 4 GB never reaches the decoder), pixel count and aspect ratio from the header (PIL's
-lazy ``Image.open`` reads only the header), then the bytes decoding will take (width x height x
-channels x bytes per sample, from the header) against ``images.max_decode_bytes``. Only then does
-OpenCV decode. A JPEG larger than the detector needs is decoded at 1/2, 1/4 or 1/8 scale directly
-(libjpeg's DCT scaling), so a 40-megapixel photo never exists at full size in a detect process.
+lazy ``Image.open`` reads only the header), then the bytes decoding will take against ``images.max_decode_bytes``. That estimate follows the
+decoder path the image will take (OpenCV: its raw array, channels x bytes per sample, plus the 8-bit
+copies; PIL, for TIFF and what OpenCV refuses: PIL's own storage per mode, 4 bytes a pixel for RGB,
+plus the reduced 8-bit image), and the budget is *process-wide*: a decode holds its estimate from
+:data:`DECODE_BUDGET` while it runs, so the decodes of a batch running at once (the worker decodes
+while it fetches) sum to at most ``images.max_decode_bytes``; one that does not fit now waits for the
+others, one that could never fit is refused (``ImageTooLargeError``). Only then does a decoder run. A JPEG larger than the detector needs is decoded at 1/2, 1/4 or 1/8 scale directly
+(libjpeg's DCT scaling), so a 40-megapixel photo never exists at full size in a detect process; the
+PIL path reduces right after loading (``Image.reduce``) and converts 16-bit and 32-bit samples to 8
+bits with integer shifts, a band of rows at a time: no float64 or full-size 16-bit copy.
 
 Alpha is composited on white (a transparent background reads as blank paper, not as black pixels a
 detector might see as shapes). EXIF orientation is applied by OpenCV's IMREAD_COLOR path; the
@@ -15,14 +21,18 @@ detector might see as shapes). EXIF orientation is applied by OpenCV's IMREAD_CO
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vehicle_core.config import ImageSettings
 from vehicle_core.errors import (
@@ -109,22 +119,70 @@ def decode(data: bytes, settings: ImageSettings, *, max_side: int | None = None)
         raise AspectRatioError(f"the image is {width}x{height}: more than {settings.max_aspect_ratio:g} times "
                                "longer than wide")
     reduce = _jpeg_reduction(fmt, width, height, max_side)
-    needed = _decode_bytes(data, fmt, width, height) // (reduce * reduce)
-    if needed > settings.max_decode_bytes:
-        raise ImageTooLargeError(f"decoding this {width}x{height} image takes about {needed >> 20} MiB, above "
-                                 f"images.max_decode_bytes ({settings.max_decode_bytes >> 20} MiB)")
     # OpenCV pads a truncated JPEG with grey and returns it; PIL refuses it. A JPEG missing its
     # end-of-image marker therefore goes straight to PIL.
     truncated_jpeg = fmt == "jpeg" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-    rgb = _decode_cv(data, reduce, jpeg=fmt == "jpeg") if fmt != "tiff" and not truncated_jpeg else None
-    if rgb is None:  # OpenCV refused (CMYK variants, odd TIFFs): PIL as a second, full decoder
-        rgb = _decode_pil(data, reduce)
+    rgb = None
+    if fmt != "tiff" and not truncated_jpeg:
+        with DECODE_BUDGET.hold(_check_budget(_cv_decode_bytes(data, fmt, width, height, reduce, max_side),
+                                              width, height, settings), settings.max_decode_bytes):
+            rgb = _decode_cv(data, reduce, jpeg=fmt == "jpeg")
+    if rgb is None:  # TIFF, or OpenCV refused (CMYK variants, truncated JPEGs): PIL decodes
+        with DECODE_BUDGET.hold(_check_budget(_pil_decode_bytes(data, fmt, width, height, reduce, max_side),
+                                              width, height, settings), settings.max_decode_bytes):
+            rgb = _decode_pil(data, reduce, max_side)
     upright = (width, height) if (rgb.shape[1] >= rgb.shape[0]) == (width >= height) else (height, width)
     if max_side and max(rgb.shape[:2]) > max_side:
         factor = max_side / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     return Decoded(np.ascontiguousarray(rgb), upright)
+
+
+def _check_budget(needed: int, width: int, height: int, settings: ImageSettings) -> int:
+    if needed > settings.max_decode_bytes:
+        raise ImageTooLargeError(f"decoding this {width}x{height} image takes about {needed >> 20} MiB, above "
+                                 f"images.max_decode_bytes ({settings.max_decode_bytes >> 20} MiB)")
+    return needed
+
+
+class DecodeBudget:
+    """Bytes that decodes running at once in this process may take together (``images.max_decode_bytes``).
+
+    :meth:`hold` blocks until ``n`` bytes fit beside what the running decodes hold, first come first
+    served (a large decode is not starved by a stream of small ones), and gives them back when the
+    block ends. Callers refuse what could never fit before asking (:func:`_check_budget`).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()
+        self.used = 0
+        self.peak = 0  # the most held at once (tests, devstack.hostile_images)
+
+    @contextlib.contextmanager
+    def hold(self, n: int, limit: int) -> Iterator[None]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or (self.used and self.used + n > limit):
+                    self._cond.wait()
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+#: The one budget of this process: every :func:`decode` holds its estimate here while it runs.
+DECODE_BUDGET = DecodeBudget()
 
 
 def _jpeg_reduction(fmt: str, width: int, height: int, max_side: int | None) -> int:
@@ -209,29 +267,64 @@ def _check_bmp(data: bytes) -> None:
             raise UndecodableImageError(f"BMP pixel array needs {need} bytes at {offset}; the file has {len(data)}")
 
 
-_MODE_BYTES = {"1": 1, "L": 1, "P": 4, "RGB": 3, "RGBA": 4, "CMYK": 4, "LA": 2, "PA": 4, "I;16": 2, "I;16B": 2,
-               "I;16L": 2, "I": 4, "F": 4, "RGBX": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
+#: Bytes a pixel takes in PIL's own storage, per mode (PIL keeps RGB, YCbCr, LA... in 4 bytes).
+_PIL_STORAGE = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+#: Modes the PIL path turns into 8-bit L a band of rows at a time (one byte a pixel more, no float copy).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+#: Bytes a pixel of the final, reduced image takes on the PIL path: RGBA over white (4 + 4), the RGB
+#: conversion (4) and its numpy copy (3), with a margin.
+_PIL_SMALL = 16
 
 
-def _decode_bytes(data: bytes, fmt: str, width: int, height: int) -> int:
-    """Bytes the decoder's output and our conversion to 8-bit RGB take together (an estimate from the
-    header: OpenCV's raw array, channels x bytes per sample, plus the RGB copy)."""
-    per_pixel = 4  # unknown: assume RGBA
-    if fmt == "png":
-        depth, color = data[24], data[25]
-        per_pixel = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(color, 4) * (2 if depth == 16 else 1)
-    elif fmt == "jpeg":
+def _pil_mode(data: bytes) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                return img.mode
+    except Exception:  # noqa: BLE001 - the header was read once already; assume the widest
+        return "F"
+
+
+def _cv_decode_bytes(data: bytes, fmt: str, width: int, height: int, reduce: int, max_side: int | None) -> int:
+    """The peak bytes of the OpenCV path (an estimate from the header): its raw array (channels x bytes
+    per sample, IMREAD_UNCHANGED), the 8-bit copy of a 16-bit or alpha image, the RGB array, and the
+    resized output."""
+    pixels = width * height // (reduce * reduce)
+    if fmt == "jpeg":
         per_pixel = 3
     else:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                per_pixel = _MODE_BYTES.get(img.mode, 4)
-                bits = img.tag_v2.get(258) if fmt == "tiff" else None
-                if bits and max(_as_tuple(bits)) > 8:
-                    per_pixel *= 2
-        except Exception:  # noqa: BLE001 - the header was read once already; keep the estimate
-            pass
-    return width * height * (per_pixel + (3 if per_pixel != 3 else 0))
+        if fmt == "png":
+            depth, color = data[24], data[25]
+            channels, wide = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(color, 4), depth == 16
+        else:  # webp, bmp: 8-bit, with or without alpha
+            channels, wide = (4 if _pil_mode(data) in ("RGBA", "LA", "PA", "P") else 3), False
+        raw = channels * (2 if wide else 1)
+        per_pixel = raw + (channels if wide else 0) + 3
+    return pixels * per_pixel + _output_bytes(width, height, max_side)
+
+
+def _pil_decode_bytes(data: bytes, fmt: str, width: int, height: int, reduce: int, max_side: int | None) -> int:
+    """The peak bytes of the PIL path: the image as PIL stores it, its 8-bit L copy for 16/32-bit
+    modes (or the RGB(A) expansion of a palette), and the reduced image's conversions to RGB."""
+    mode = _pil_mode(data)
+    pixels = width * height // (reduce * reduce if fmt == "jpeg" else 1)
+    per_pixel = _PIL_STORAGE.get(mode, 4)
+    if mode in _WIDE_MODES:
+        per_pixel += 1
+    elif mode in ("1", "P"):
+        per_pixel += 4
+    side = max(width, height) // (reduce if fmt == "jpeg" else 1)
+    factor = max(1, side // max_side) if max_side else 1
+    return pixels * per_pixel + (pixels // (factor * factor)) * 4 + _output_bytes(width, height, max_side) * _PIL_SMALL // 3
+
+
+def _output_bytes(width: int, height: int, max_side: int | None) -> int:
+    """The upright RGB the decode returns (downscaled to ``max_side``)."""
+    if max_side and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        return int(width * scale + 1) * int(height * scale + 1) * 3
+    return width * height * 3
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -303,21 +396,67 @@ def _apply_exif(rgb: np.ndarray, data: bytes) -> np.ndarray:
     return rgb
 
 
-def _decode_pil(data: bytes, reduce: int = 1) -> np.ndarray:
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _decode_pil(data: bytes, reduce: int = 1, max_side: int | None = None) -> np.ndarray:
+    """PIL as the decoder: load, bring to 8 bits without wide copies, reduce to about ``max_side``
+    before any conversion, then orient, composite alpha on white and convert to RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
                 if reduce > 1 and img.format == "JPEG":  # the same DCT scaling as OpenCV's reduced modes
                     img.draft("RGB", (img.width // reduce, img.height // reduce))
+                orientation = img.getexif().get(0x0112, 1)
+                transparent = "transparency" in img.info
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
+                small = _small_8bit(img, max_side, transparent)
+                if small is not img:
+                    img.close()  # frees the full-size image now: only the reduced one is left
+                if orientation in _TRANSPOSE:
+                    small = small.transpose(_TRANSPOSE[orientation])
+                if small.mode in ("RGBA", "LA", "PA"):
+                    rgba = small.convert("RGBA")
                     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    img = Image.alpha_composite(white, rgba)
-                elif img.mode.startswith("I;16") or img.mode == "I":
-                    img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+                    small = Image.alpha_composite(white, rgba)
+                return np.asarray(small if small.mode == "RGB" else small.convert("RGB"), dtype=np.uint8)
     except Exception as exc:  # truncated/corrupt data raises many PIL/OS error types
         raise UndecodableImageError(f"cannot decode the image: {exc}") from exc
+
+
+def _small_8bit(img: Image.Image, max_side: int | None, transparent: bool) -> Image.Image:
+    """``img`` in an 8-bit mode and, with ``max_side``, reduced so its longer side is at most
+    ``max_side`` (``Image.reduce`` to the nearest integer factor keeping it at least ``max_side``,
+    then a box resize): ``img`` itself when nothing needed changing, else a new image."""
+    if img.mode in _WIDE_MODES:
+        img = _to_l(img)
+    elif img.mode == "P":
+        img = img.convert("RGBA" if transparent else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    if max_side and max(img.size) > max_side:
+        factor = max(img.size) // max_side
+        if factor > 1:
+            img = img.reduce(factor)
+        if max(img.size) > max_side:
+            scale = max_side / max(img.size)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+    return img
+
+
+def _to_l(img: Image.Image, rows: int = 256) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``, read as 16-bit) or float (``F``, 0-255) image as
+    8-bit L, a band of ``rows`` rows at a time: integer shifts, temporaries of one band."""
+    out = np.empty((img.height, img.width), np.uint8)
+    for top in range(0, img.height, rows):
+        band = np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))))
+        if img.mode == "F":
+            out[top : top + rows] = np.clip(band, 0, 255)
+        elif img.mode == "I":
+            out[top : top + rows] = np.right_shift(np.clip(band, 0, 65535), 8)
+        else:
+            out[top : top + rows] = np.right_shift(band, 8)
+    return Image.fromarray(out, "L")

@@ -6,7 +6,9 @@
 
 The context lives in a :class:`contextvars.ContextVar`, so concurrent threads or asyncio tasks each
 carry their own. :class:`ContextFilter` copies it onto every record (``record.context``), and both
-formatters print it: JSON as top-level fields, text as ``key=value`` after the message.
+formatters print it: JSON as top-level fields, text as ``key=value`` after the message. Both
+formatters mask the password of any ``scheme://user:password@host`` in the line (``mask_urls``), so a
+broker URL quoted by an exception never reaches a log.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
+
+from vehicle_core.config import mask_urls
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -63,7 +67,7 @@ class JsonFormatter(logging.Formatter):
         doc.update(getattr(record, "context", None) or current_context())
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return mask_urls(json.dumps(doc, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -77,7 +81,7 @@ class TextFormatter(logging.Formatter):
         context = getattr(record, "context", None) or current_context()
         if context:
             line += " " + " ".join(f"{k}={v}" for k, v in context.items())
-        return line
+        return mask_urls(line)
 
 
 def formatter(fmt: str) -> logging.Formatter:

@@ -34,6 +34,8 @@ from vehicle_core.results import (
     RETRY_MARKER_SUFFIX,
     STALE,
     ResultStamp,
+    is_long,
+    result_key,
     retry_marker_key,
     source_key_of,
     why_not_done,
@@ -72,6 +74,11 @@ class ResultIndex:
     def reason(self, source: ObjectInfo) -> str | None:
         """None when ``source`` has its current answer, else ``missing``, ``stale`` or ``retriable``.
         Calls must come in source-key order."""
+        if is_long(source.key, self.prefix):
+            # Its result has the hashed key (results/_long/<sha256>.json), outside the in-step order:
+            # one HEAD of it (and of its marker) decides.
+            self.heads += 1
+            return self._reason_by_head(source)
         self._read_until(retry_marker_key(source.key, self.prefix))
         result, marker = self._seen.pop(source.key, (None, None))
         self._calls += 1
@@ -89,6 +96,12 @@ class ResultIndex:
         if marker_t is not None and marker_t > result_t:
             return RETRIABLE
         return None
+
+    def _reason_by_head(self, source: ObjectInfo) -> str | None:
+        # The result's own stamp says missing, stale or retriable (a retriable error result is
+        # stamped so), like the same-second case of the in-step walk.
+        return why_not_done(read_stamp(self.store, f"s3://{self.bucket}/{result_key(source.key, self.prefix)}"),
+                            source.etag)
 
     def _read_until(self, bound: str) -> None:
         while self._next is not None and self._next.key <= bound:

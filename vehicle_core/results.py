@@ -7,6 +7,7 @@ Typed pieces first (what the detector, cropper and classifier hand each other), 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -245,14 +246,35 @@ def validate_result(document: dict[str, Any]) -> None:
 # Where results live, and the one rule for "this image is done"
 
 
+#: S3's key limit (bytes of UTF-8); a result key and its retry marker must both fit.
+MAX_KEY_BYTES = 1024
+#: Where the results of source keys too long for ``prefix + key + ".json.retry"`` go, hashed.
+LONG_KEYS = "_long/"
+
+
 def result_key(source_key: str, prefix: str) -> str:
-    """Where the result of ``source_key`` goes: ``prefix + source_key + ".json"``."""
-    return f"{prefix}{source_key}.json"
+    """Where the result of ``source_key`` goes: ``prefix + source_key + ".json"``; when that (with the
+    retry marker's ``.retry``) would pass S3's 1,024 bytes, ``prefix + "_long/" + sha256(source key)
+    + ".json"`` instead (the document names its source key in ``source.key``)."""
+    key = f"{prefix}{source_key}.json"
+    if is_long(source_key, prefix):
+        digest = hashlib.sha256(source_key.encode("utf-8", "surrogatepass")).hexdigest()
+        key = f"{prefix}{LONG_KEYS}{digest}.json"
+    return key
+
+
+def is_long(source_key: str, prefix: str) -> bool:
+    """True when ``source_key``'s result takes the hashed form (its plain key would not fit)."""
+    plain = f"{prefix}{source_key}.json{RETRY_MARKER_SUFFIX}"
+    return len(plain.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
 
 
 def source_key_of(result_key_: str, prefix: str) -> str | None:
-    """The source key a result key describes; None for keys that are not result documents."""
+    """The source key a result key describes; None for keys that are not result documents and for
+    hashed ones (``_long/``: the source key is only inside the document)."""
     if not result_key_.startswith(prefix) or not result_key_.endswith(".json"):
+        return None
+    if result_key_.startswith(prefix + LONG_KEYS) and len(result_key_) == len(prefix + LONG_KEYS) + 64 + 5:
         return None
     return result_key_[len(prefix) : -len(".json")]
 

@@ -12,6 +12,7 @@ from producer.cli import main
 from producer.events import KeyFilter, parse_event_body
 
 KEYS = KeyFilter(image_suffixes=(".jpg",), results_prefix="results/")
+MOTO_ACCOUNT = "123456789012"
 
 
 def _attrs(sqs, name: str) -> dict:
@@ -36,7 +37,9 @@ def test_dry_run_prints_the_documents_and_changes_nothing(aws_env, s3, sqs, buck
     plan = json.loads(capsys.readouterr().out)
     (statement,) = plan["queue"]["Attributes"]["Policy"]["Statement"]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
-    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}
+    # moto's STS answers GetCallerIdentity with its default account: the policy names it
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"},
+                                      "StringEquals": {"aws:SourceAccount": MOTO_ACCOUNT}}
     (config,) = plan["bucket_notification"]["NotificationConfiguration"]["QueueConfigurations"]
     assert config["Events"] == ["s3:ObjectCreated:*"]
     assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "cams/"}]
@@ -98,3 +101,23 @@ def test_eventbridge_form_enables_the_bucket_switch_and_routes_object_created(aw
     assert [(i.bucket, i.key) for i in images] == [(bucket, "cams/x+y z.jpg")]
     assert images[0].event_time
 
+
+
+def test_the_queue_policy_names_the_source_account(aws_env, s3, sqs, bucket):
+    # Given: the caller's account from STS (moto's), then an explicit bucket owner's account
+    assert main(["setup-bucket", f"s3://{bucket}/cams/", "--queue", f"{bucket}-acct"]) == 0
+    (statement,) = json.loads(_attrs(sqs, f"{bucket}-acct")["Policy"])["Statement"]
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": MOTO_ACCOUNT}
+    assert statement["Condition"]["ArnEquals"] == {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}
+    # When: run again with --source-account, the one statement is replaced (not added)
+    assert main(["setup-bucket", f"s3://{bucket}/cams/", "--queue", f"{bucket}-acct",
+                 "--source-account", "210987654321"]) == 0
+    (statement,) = json.loads(_attrs(sqs, f"{bucket}-acct")["Policy"])["Statement"]
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": "210987654321"}
+
+
+def test_a_bad_source_account_is_a_one_line_usage_error(aws_env, bucket, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["setup-bucket", f"s3://{bucket}/", "--queue", "q", "--source-account", "12ab"])
+    assert exit_.value.code == 2
+    assert "not a 12-digit AWS account id: '12ab'" in capsys.readouterr().err

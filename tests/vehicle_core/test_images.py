@@ -229,3 +229,91 @@ def test_decoding_budget_counts_channels_and_bit_depth():
     with pytest.raises(ImageTooLargeError, match="max_decode_bytes"):
         decode(rgba16, tight)
     assert decode(_zero_rows_png(600, 600, 8, 0), tight).pixels.shape == (600, 600, 3)  # 600 x 600 x (1 + 3)
+
+
+# -- the decode budget: every decoder path, and the sum of concurrent decodes --------------------------
+
+
+def _tiff16(width: int, height: int, value: int) -> bytes:
+    return _encode(Image.fromarray(np.full((height, width), value, np.uint16)), "TIFF", compression="tiff_adobe_deflate")
+
+
+def test_a_16_bit_tiff_becomes_8_bit_by_shifting_and_is_reduced_to_max_side():
+    # Given: a 16-bit gray deflate TIFF of 4100x300 pixels, all 40000 (= 156 in 8 bits)
+    data = _tiff16(4100, 300, 40000)
+    # When: decoded for the detector (max_side 2048)
+    out = decode(data, SETTINGS, max_side=2048)
+    # Then: 2048 wide, the right grey, and the original size kept for the boxes
+    assert out.pixels.shape == (150, 2048, 3) and out.pixels.dtype == np.uint8
+    assert np.all(out.pixels == 40000 >> 8) and out.original_size == (4100, 300)
+
+
+@pytest.mark.parametrize("mode, value, expected", [("I", 65535, 255), ("I", -5, 0), ("F", 300.0, 255), ("F", 77.0, 77)])
+def test_32_bit_tiffs_are_clipped_to_8_bits(mode, value, expected):
+    data = _encode(Image.new(mode, (40, 30), value), "TIFF")
+    assert np.all(decode_image(data, SETTINGS) == expected)
+
+
+def test_the_pil_path_estimate_refuses_a_16_bit_tiff_the_old_one_let_through():
+    from vehicle_core.images import _pil_decode_bytes
+
+    # A 16-bit gray TIFF of 6000x6000: PIL keeps 2 bytes a pixel, plus the 8-bit copy, plus the reduced image
+    data = _tiff16(64, 64, 1)
+    assert _pil_decode_bytes(data, "tiff", 6000, 6000, 1, 2048) >= 6000 * 6000 * 3
+    # ... and an 8-bit RGB TIFF costs PIL 4 bytes a pixel, not 3
+    rgb = _encode(Image.new("RGB", (64, 64)), "TIFF")
+    assert _pil_decode_bytes(rgb, "tiff", 6000, 6000, 1, 2048) >= 6000 * 6000 * 4
+
+
+def test_concurrent_decodes_share_one_budget_and_one_that_can_never_fit_is_refused():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vehicle_core.images import DECODE_BUDGET, _pil_decode_bytes
+
+    # Given: a budget that fits one 16-bit 3000x3000 TIFF decode, not two
+    data = _tiff16(3000, 3000, 512)
+    one = _pil_decode_bytes(data, "tiff", 3000, 3000, 1, 2048)
+    settings = replace(SETTINGS, max_decode_bytes=one + one // 2)
+    DECODE_BUDGET.peak = 0
+    # When: four decode at once
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: decode(data, settings, max_side=2048), range(4)))
+    # Then: all four are decoded, and at no time did the running ones hold more than the budget
+    assert all(o.pixels.shape == (2048, 2048, 3) for o in outs)
+    assert one <= DECODE_BUDGET.peak <= settings.max_decode_bytes and DECODE_BUDGET.used == 0
+    # ... while a budget below one decode refuses it at once, without waiting
+    with pytest.raises(ImageTooLargeError, match="images.max_decode_bytes"):
+        decode(data, replace(SETTINGS, max_decode_bytes=one - 1), max_side=2048)
+
+
+def test_a_decode_that_could_fit_waits_for_the_running_ones():
+    import threading
+
+    from vehicle_core.images import DECODE_BUDGET
+
+    # Given: the budget held by another decode (a 1,000-byte stand-in)
+    order = []
+    release = threading.Event()
+
+    def running():
+        with DECODE_BUDGET.hold(1000, 1000):
+            order.append("held")
+            release.wait(30)
+        order.append("released")
+
+    holder = threading.Thread(target=running)
+    holder.start()
+    wait = threading.Event()
+    while not order:  # the holder has the budget
+        wait.wait(0.01)
+    # When: a second decode asks for 600 of the 1,000
+    waiter = threading.Thread(target=lambda: (DECODE_BUDGET.hold(600, 1000).__enter__(), order.append("second")))
+    waiter.start()
+    waiter.join(0.3)
+    # Then: it waits while the first holds the budget, and proceeds once released
+    assert waiter.is_alive() and order == ["held"]
+    release.set()
+    holder.join(30)
+    waiter.join(30)
+    assert order == ["held", "released", "second"]
+    DECODE_BUDGET.used -= 600  # the stand-in never left its block

@@ -239,3 +239,24 @@ def test_resolve_local_tar_gz_extracts_into_cache(tmp_path, storage):
     path = resolve_local(str(archive), storage)
     assert (path / "w.bin").read_bytes() == b"ok"
     assert str(path).startswith(storage.cache_dir)
+
+
+def test_every_op_refuses_a_key_over_1024_utf8_bytes_without_a_request(aws_env, storage, bucket, tmp_path):
+    from vehicle_core.errors import StorageRejectedError
+
+    store = ObjectStore(storage)
+    # 1,024 bytes of UTF-8 are fine (moto stores it, as S3 would) ...
+    fits = "k/" + "é" * 511  # 2 + 1,022 bytes
+    store.put(f"s3://{bucket}/{fits}", b"x")
+    assert store.head(f"s3://{bucket}/{fits}").size == 1
+    before = sum(store.requests.values())
+    # ... 1,025 are refused by every verb before any request reaches S3 (moto would accept it, AWS not)
+    long = "k/" + "é" * 511 + "x"
+    uri = f"s3://{bucket}/{long}"
+    (tmp_path / "f").write_bytes(b"x")
+    for call in (lambda: store.head(uri), lambda: store.get(uri), lambda: store.put(uri, b"x"),
+                 lambda: store.put_json(uri, {}), lambda: store.delete(uri), lambda: list(store.list(uri)),
+                 lambda: store.upload_file(tmp_path / "f", uri), lambda: store.download_file(uri, tmp_path / "g")):
+        with pytest.raises(StorageRejectedError, match="1025 bytes; S3 keys are at most 1024 bytes"):
+            call()
+    assert sum(store.requests.values()) == before

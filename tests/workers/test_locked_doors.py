@@ -57,3 +57,34 @@ def test_secrets_are_masked_in_the_settings_output(locked_redis):
 ])
 def test_mask_secret(value, masked):
     assert mask_secret(value) == masked
+
+
+def test_crop_via_celery_without_workers_does_not_print_the_broker_password(locked_redis, tmp_path):
+    # Given: a broker URL with a password and no detect worker on it
+    env = {"PATH": "/usr/bin:/bin", "VP_BROKER__URL": locked_redis.url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    # When: --via celery finds no worker
+    out = subprocess.run([sys.executable, "-m", "training.cli", "crop", "s3://src/ds", "s3://dst/ds", "--via", "celery"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    # Then: one line naming the queue and the masked URL, never the password
+    assert out.returncode != 0
+    assert PASSWORD not in out.stdout + out.stderr
+    assert f"redis://:***@127.0.0.1:{locked_redis.port}/0" in out.stderr
+
+
+def test_log_lines_and_error_lines_mask_urls_with_passwords(capsys):
+    import logging
+
+    from vehicle_core.cli_errors import report
+    from vehicle_core.config import mask_urls
+    from vehicle_core.errors import ConfigError
+    from vehicle_core.logs import JsonFormatter, TextFormatter
+
+    text = f"Error connecting to redis://user:{PASSWORD}@host:6379/0 (rediss://:{PASSWORD}@h2/1; redis://h3/0)"
+    assert mask_urls(text) == "Error connecting to redis://user:***@host:6379/0 (rediss://:***@h2/1; redis://h3/0)"
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "broker down: %s", (text,), None)
+    for formatter in (TextFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert PASSWORD not in line and "redis://user:***@host:6379/0" in line
+    assert report("vehicle-x", ConfigError(text)) == 2
+    assert PASSWORD not in capsys.readouterr().err

@@ -18,6 +18,7 @@ from vehicle_core.storage.s3 import (
     s3_uri,
     sqs_client,
     storage_error,
+    sts_client,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "events_client",
+    "sts_client",
     "is_s3",
     "normalize_etag",
     "parse_s3_uri",

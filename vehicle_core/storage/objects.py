@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
-from vehicle_core.storage.s3 import normalize_etag, parse_s3_uri, s3_client, storage_error
+from vehicle_core.storage.s3 import check_key, normalize_etag, parse_s3_uri, s3_client, storage_error
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class ObjectStore:
         if not is_s3(uri):
             path = Path(uri)
             return _local_info(path) if path.is_file() else None
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         try:
             resp = self.client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -107,7 +107,7 @@ class ObjectStore:
         Content-Length before the body is read) -> ImageTooLargeError; missing -> SourceNotFoundError."""
         if not is_s3(uri):
             return self._get_local(Path(uri), max_bytes)
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
             size = int(resp.get("ContentLength") or 0)
@@ -154,7 +154,7 @@ class ObjectStore:
         if not is_s3(root):
             yield from _list_local(Path(root))
             return
-        bucket, prefix = parse_s3_uri(root)
+        bucket, prefix = _checked(root)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
@@ -171,7 +171,7 @@ class ObjectStore:
 
     def list_prefixes(self, root: str, delimiter: str = "/") -> list[str]:
         """The "sub-folders" directly under an ``s3://`` prefix (CommonPrefixes), as URIs."""
-        bucket, prefix = parse_s3_uri(root)
+        bucket, prefix = _checked(root)
         out: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
@@ -192,7 +192,7 @@ class ObjectStore:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             Path(uri).write_bytes(data)
             return
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         extra: dict[str, Any] = {}
         if content_type:
             extra["ContentType"] = content_type
@@ -213,7 +213,7 @@ class ObjectStore:
         if not is_s3(uri):
             Path(uri).unlink(missing_ok=True)
             return
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         try:
             self.client.delete_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -224,7 +224,7 @@ class ObjectStore:
         ``metadata`` becomes S3 user metadata."""
         from boto3.s3.transfer import TransferConfig
 
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         try:
             # Parts one after another: uploads here are model artifacts and reports (rare), and
             # S3-compatible servers (moto under load) have failed concurrent parts of one upload.
@@ -245,7 +245,7 @@ class ObjectStore:
 
     def download_file(self, uri: str, path: str | Path) -> None:
         """Copy the object at ``uri`` to a local file."""
-        bucket, key = parse_s3_uri(uri)
+        bucket, key = _checked(uri)
         try:
             self.client.download_file(bucket, key, str(path))
         except (ClientError, BotoCoreError) as exc:
@@ -296,3 +296,9 @@ def _list_local(base: Path) -> Iterator[ObjectInfo]:
             yield ObjectInfo(uri=str(p) + "/", key=str(p) + "/")
         else:
             yield _local_info(p)
+
+
+def _checked(uri: str) -> tuple[str, str]:
+    """``parse_s3_uri`` refusing a key (or prefix) longer than S3 allows, before any request."""
+    bucket, key = parse_s3_uri(uri)
+    return bucket, check_key(bucket, key)

@@ -73,6 +73,27 @@ def events_client(storage: StorageSettings):
     return _client("events", storage)
 
 
+def sts_client(storage: StorageSettings):
+    """A boto3 STS client configured like :func:`s3_client` (``setup-bucket``: the caller's account)."""
+    return _client("sts", storage)
+
+
+#: S3's limit on a key: 1,024 bytes of UTF-8. AWS answers a longer one with a 4xx; moto accepts it,
+#: so the storage layer enforces the limit itself, before any request.
+MAX_KEY_BYTES = 1024
+
+
+def check_key(bucket: str, key: str) -> str:
+    """``key`` when S3 could store it, else StorageRejectedError (no request is sent)."""
+    from vehicle_core.errors import StorageRejectedError
+
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise StorageRejectedError(f"s3://{bucket}/{key[:60]}… is a key of {size} bytes; S3 keys are at most "
+                                   f"{MAX_KEY_BYTES} bytes of UTF-8")
+    return key
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into ``(bucket, key)``; ValueError for anything else."""
     if not uri.startswith("s3://"):
