@@ -25,7 +25,7 @@ from producer.progress import Progress
 from producer.shards import Shard
 from vehicle_core.config import Settings
 from vehicle_core.result_listing import ResultIndex
-from vehicle_core.results import SourceRef
+from vehicle_core.results import SourceRef, results_prefix
 from vehicle_core.storage import ObjectInfo, ObjectStore
 from workers.messages import enqueue_images
 
@@ -140,10 +140,11 @@ class _ShardWalker:
                     self.stats.result_heads += index.heads
 
     def _result_index(self, shard: Shard, after: str | None) -> ResultIndex:
-        results = shard.results(self.results_bucket, self.opts.keys.results_prefix, after)
+        where = results_prefix(self.opts.bucket, self.opts.results_bucket, self.opts.keys.results_prefix)
+        results = shard.results(self.results_bucket, where, after)
         if results is None:
             raise ValueError(f"{shard.name} is not key-ordered: --skip-done needs a listing")
-        return ResultIndex(self.store, results, self.opts.keys.results_prefix, self.results_bucket)
+        return ResultIndex(self.store, results, where, self.results_bucket)
 
     def _judge(self, info: ObjectInfo, index: ResultIndex | None, pending: _Walk) -> bool:
         """Filter, skip or batch one key; False when ``--limit`` is reached (the key is left for later)."""

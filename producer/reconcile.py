@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from producer.events import KeyFilter
 from producer.shards import ListingShard
 from vehicle_core.result_listing import ResultIndex
-from vehicle_core.results import SourceRef
+from vehicle_core.results import SourceRef, results_prefix
 from vehicle_core.storage import ObjectInfo, ObjectStore
 from workers.messages import enqueue_images
 
@@ -45,9 +45,9 @@ def reconcile(store: ObjectStore, bucket: str, prefix: str, keys: KeyFilter, *, 
     and enqueue it when ``app`` is given (``enqueue_batch`` per round trip: ``producer.enqueue_batch``)."""
     report = ReconcileReport()
     shard = ListingShard(store, bucket, prefix)
+    where = results_prefix(bucket, results_bucket, keys.results_prefix)
     results_bucket = results_bucket or bucket
-    index = ResultIndex(store, shard.results(results_bucket, keys.results_prefix, None), keys.results_prefix,
-                        results_bucket, verify=verify)
+    index = ResultIndex(store, shard.results(results_bucket, where, None), where, results_bucket, verify=verify)
     batch: list[SourceRef] = []
     for _, info in shard.items(None):
         if keys.why_not(info.key):

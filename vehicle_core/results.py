@@ -284,9 +284,18 @@ def is_result_key(key: str, prefix: str) -> bool:
     return key.startswith(prefix)
 
 
+def results_prefix(source_bucket: str, bucket: str | None, prefix: str) -> str:
+    """Where the results of ``source_bucket``'s images go under ``bucket``: ``prefix`` beside the
+    sources (``bucket`` None or the same bucket), ``prefix + source_bucket + "/"`` in a results bucket
+    of its own, so that ``s3://a/x.jpg`` and ``s3://b/x.jpg`` never share a result."""
+    if bucket is None or bucket == source_bucket:
+        return prefix
+    return f"{prefix}{source_bucket}/"
+
+
 def result_uri(source: SourceRef, bucket: str | None, prefix: str) -> str:
     """``s3://`` URI of the result document of ``source`` (``bucket`` None: the source's bucket)."""
-    return f"s3://{bucket or source.bucket}/{result_key(source.key, prefix)}"
+    return f"s3://{bucket or source.bucket}/{result_key(source.key, results_prefix(source.bucket, bucket, prefix))}"
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,13 @@ def test_schema_lists_every_error_code_the_project_defines():
     listed = set(result_schema()["properties"]["error"]["properties"]["code"]["enum"])
     codes = {cls.code for cls in error_classes()}
     assert len(codes) >= 15 and codes <= listed, codes - listed
+
+
+def test_two_source_buckets_never_share_a_result_in_a_results_bucket():
+    from vehicle_core.results import result_uri
+
+    a, b = SourceRef("a", "x.jpg", etag="e"), SourceRef("b", "x.jpg", etag="e")
+    assert result_uri(a, None, "results/") == "s3://a/results/x.jpg.json"  # beside the source: as before
+    assert result_uri(a, "a", "results/") == "s3://a/results/x.jpg.json"
+    assert result_uri(a, "out", "results/") == "s3://out/results/a/x.jpg.json"
+    assert result_uri(b, "out", "results/") == "s3://out/results/b/x.jpg.json"

@@ -59,4 +59,4 @@ def test_version_ids_decide_when_both_sides_have_them():
 def test_result_location_uses_results_bucket_when_set_else_the_source_bucket():
     src = SourceRef("cams", "a/b c.jpg")
     assert result_uri(src, None, "results/") == "s3://cams/results/a/b c.jpg.json"
-    assert result_uri(src, "out", "r/") == "s3://out/r/a/b c.jpg.json"
+    assert result_uri(src, "out", "r/") == "s3://out/r/cams/a/b c.jpg.json"  # the source bucket named
