@@ -19,8 +19,8 @@ So :class:`RequeueingBatches` hands the pool an error callback that requeues the
 once (the crash ledger, workers/crash_ledger.py, then finds the one that killed the process), a time
 limit, and acks each request by what the batch returned (a request whose retry could not be
 re-published is requeued instead of acked). The batch task catches per request:
-:func:`retry_later` re-sends a request with exponential backoff (counting attempts in its kwargs)
-and gives up into an error result; :func:`report` sends the ``task-started``/``task-succeeded``
+:func:`retry_later` re-sends a request with exponential backoff (counting attempts in its kwargs),
+writes bad input's final error result, and keeps a fault of the system coming back; :func:`report` sends the ``task-started``/``task-succeeded``
 events Flower shows and stores a result when a backend is set.
 """
 
@@ -153,24 +153,28 @@ def attempt_of(request) -> int:
 
 def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries: int, backoff_max: int,
                 store, results) -> str:
-    """Re-send ``request`` after an exponential, jittered delay; past ``max_retries`` (or for bad
-    input) write an error result instead so the key is not lost (an error of the system's is written
-    with its retriable code: ``reconcile`` finds it). When not even that result can be written, the
-    request is re-sent after ``backoff_max`` instead: never acked with nothing written. Returns
-    "retry", "gave_up", or "requeue" when the re-send itself failed (broker down): the request must
-    then be requeued, not acked."""
+    """Bad input (the image's own fault): write its final error result, never retry. Anything else
+    (a fault of the system) is re-sent after an exponential, jittered delay; past ``max_retries`` a
+    result with the retriable code is written once (operators and ``reconcile`` see it, it never counts
+    as done) and the request keeps coming back every ``backoff_max`` until the fault is gone: it is
+    never an image's final result. A final result that cannot be written is re-sent likewise (never
+    acked with nothing written). Returns "retry", "gave_up" (a final result written), or "requeue"
+    when the re-send itself failed (broker down): the request must then be requeued, not acked."""
     attempt = attempt_of(request) + 1
-    if attempt <= max_retries and not isinstance(exc, InvalidInputError):
+    if isinstance(exc, InvalidInputError):
+        if write_error_result(store, source, exc, results) != "unwritten":
+            return "gave_up"
+        countdown, attempt = backoff_max, attempt_of(request)  # S3 down: write it later
+    elif attempt <= max_retries:
         # Full jitter may draw 0: keep at least a second so a failing store is not hammered at once.
         countdown = max(1, get_exponential_backoff_interval(factor=1, retries=attempt, maximum=backoff_max,
                                                             full_jitter=True))
     else:
-        log.error("%s failed after %d attempts", source.uri, attempt)
-        if write_error_result(store, source, exc, results) != "unwritten":
-            return "gave_up"
-        # Not even the error result could be written (S3 down, results refused): the image must not
-        # be acked with nothing written. It comes back after the longest backoff, again and again.
-        countdown, attempt = backoff_max, max_retries
+        if attempt == max_retries + 1:
+            log.error("%s still failing after %d attempts (%r): its retriable error result is written, and it "
+                      "is tried again every %s s until the fault is gone", source.uri, attempt, exc, backoff_max)
+            write_error_result(store, source, exc, results)
+        countdown = backoff_max
     try:
         # The rest of the chain travels with the re-sent request, as it did with the first.
         task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown,

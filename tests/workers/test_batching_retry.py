@@ -58,15 +58,34 @@ def test_a_transient_failure_is_resent_later_with_the_attempt_counted(classify_q
     assert kwargs == {"attempt": 1} and eta is not None
 
 
-def test_after_the_last_retry_an_error_result_is_written_instead(classify_queue, store, s3, bucket):
+def test_after_the_last_retry_a_retriable_result_is_written_and_the_image_keeps_coming_back(
+        classify_queue, store, s3, bucket):
     client, task = classify_queue
     etag = s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")["ETag"].strip('"')
     outcome = retry_later(task, _request(attempt=3), SourceRef(bucket, "k.jpg", etag=etag),
                           StorageUnavailableError("still 503"), max_retries=3, backoff_max=60, store=store,
                           results=RESULTS)
-    assert outcome == "gave_up" and _sent(client) == []
+    assert outcome == "retry"
+    ((kwargs, eta),) = _sent(client)
+    assert kwargs == {"attempt": 4} and eta is not None  # again, after the longest backoff
     doc = json.loads(s3.get_object(Bucket=bucket, Key="results/k.jpg.json")["Body"].read())
-    assert doc["status"] == "error" and doc["error"]["code"] == "storage_unavailable"
+    assert doc["status"] == "error" and doc["error"]["code"] == "storage_unavailable"  # seen, never done
+    # Later attempts write nothing more (the result above stays until the image is answered)
+    s3.delete_object(Bucket=bucket, Key="results/k.jpg.json")
+    assert retry_later(task, _request(attempt=4), SourceRef(bucket, "k.jpg", etag=etag), StorageUnavailableError("503"),
+                       max_retries=3, backoff_max=60, store=store, results=RESULTS) == "retry"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="results/k.jpg.json").get("Contents", [])
+    assert [o["Key"] for o in listed] == ["results/k.jpg.json.retry"]  # the first attempt's retry marker only
+
+
+def test_a_final_result_that_cannot_be_written_is_sent_again_not_acked(classify_queue, store, monkeypatch):
+    from workers import batching
+
+    client, task = classify_queue
+    monkeypatch.setattr(batching, "write_error_result", lambda *a, **k: "unwritten")
+    outcome = retry_later(task, _request(), SourceRef("b", "bad.jpg", etag="e"), UndecodableImageError("broken"),
+                          max_retries=3, backoff_max=60, store=store, results=RESULTS)
+    assert outcome == "retry" and len(_sent(client)) == 1
 
 
 def test_bad_input_is_never_retried(classify_queue, store, s3, bucket):
