@@ -10,9 +10,8 @@ the connection right after a BRPOP reply: the stock transport loses the message,
 
 :class:`QoS` records the message again and again (backoff, capped at ``RECORD_BACKOFF_MAX_S``) until
 the broker answers, and only then hands it to the worker. While it waits, the broker is down anyway:
-the consumer could not do anything else. A cold shutdown (``should_terminate``) ends the wait; the
-message is then re-sent by the producer's sweep (``producer/sweep.py``), the defence that does not
-depend on this or any other window of one library.
+the consumer could not do anything else. A cold shutdown (``should_terminate``) ends the wait; that
+one message is then found by ``vehicle-producer reconcile`` (no result: ``missing``).
 
 Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broker URLs (:func:`install`).
 """
