@@ -62,8 +62,12 @@ class CropSet:
                 timings_ms={k: float(v) for k, v in (msg.get("timings_ms") or {}).items()},
                 error=msg.get("error"),
             )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise MalformedMessageError(f"not a crop message: {exc!r}") from None
+        error = crop_set.error
+        if error is not None and not (isinstance(error, dict) and isinstance(error.get("code"), str)
+                                      and isinstance(error.get("message"), str)):
+            raise MalformedMessageError("a crop message's error must be null or {code: string, message: string}")
         if len(crop_set.crops) != len(crop_set.detections) or any(len(d.box) != 4 for d in crop_set.detections):
             raise MalformedMessageError("a crop message needs one crop per detection, boxes of four numbers")
         return crop_set

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,9 +60,9 @@ def current_version(registry: str, storage: StorageSettings) -> dict[str, str]:
         ) from exc
     try:
         text = data.decode().strip()
-        if not text.startswith("{"):
+        if not text.startswith(("{", "[")) and text not in ("null", "true", "false") and _VERSION.fullmatch(text):
             # A hand-written pointer holding just the version name is accepted too.
-            return {"version": text, "artifact": archive_uri(registry, text)} if text else _bad(registry, "empty")
+            return {"version": text, "artifact": archive_uri(registry, text)}
         pointer = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         _bad(registry, f"not JSON ({exc})")
@@ -73,6 +74,9 @@ def current_version(registry: str, storage: StorageSettings) -> dict[str, str]:
     if pointer.get("sha256") is not None and not _is_sha256(pointer["sha256"]):
         _bad(registry, "'sha256' is not 64 hex digits")
     return pointer
+
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _bad(registry: str, why: str):

@@ -115,7 +115,10 @@ class RequeueingBatches(Batches):
         self._load_failures += 1
         self._paused = True
         log.error("not consuming queue %s for %.0f s: the model cannot load (%s)", queue, delay, reason)
-        consumer.cancel_task_queue(queue)
+        # The consumer only, not Celery's ``cancel_task_queue``: that also deselects the queue in the
+        # app, and ``add_task_queue`` does not select it back, so a consumer restarted meanwhile (a
+        # broker reconnect) would never consume it again.
+        consumer.task_consumer.cancel_by_queue(queue)
 
         def resume() -> None:
             self._paused = False

@@ -3,7 +3,7 @@
 A message whose argument is not what its task takes (a hand-written message, a sender of another
 version, a bug) would fail the same way on every delivery. The batched tasks acknowledge it, keep it
 in the Redis list ``vp:dead`` (newest first, the last :data:`KEEP` messages), and go on with its
-batch-mates. Read the list with ``vehicle-producer dead`` or ``redis-cli LRANGE vp:dead 0 9``; each
+batch-mates. Read the list with ``redis-cli LRANGE vp:dead 0 9`` (or :func:`read`); each
 entry is JSON: ``{"at", "task", "task_id", "error", "args", "kwargs"}``.
 """
 
@@ -41,7 +41,9 @@ def keep(client, *, task: str, request, error: BaseException) -> None:
 
 def read(client, count: int = 20) -> list[dict[str, Any]]:
     """The newest ``count`` dead-lettered messages."""
-    return [json.loads(raw) for raw in client.lrange(DEAD_LIST, 0, max(0, count - 1))]
+    if count <= 0:
+        return []
+    return [json.loads(raw) for raw in client.lrange(DEAD_LIST, 0, count - 1)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -220,9 +220,10 @@ def test_a_malformed_pointer_is_a_model_load_error(empty_reg, body):
 @pytest.mark.parametrize("body", ["not json {", [], "null", "[1, 2]"], ids=["text", "list", "null", "array"])
 def test_a_pointer_that_is_not_a_json_object_never_loads(empty_reg, body):
     reg = empty_reg
-    # current_version reads a pointer not starting with "{" as a hand-written version name; whatever
-    # it makes of it, loading must end in a ModelLoadError, never another exception.
+    # Not a version name either: refused as malformed, and loading ends in a ModelLoadError.
     _write_pointer(reg, body)
+    with pytest.raises(ModelLoadError, match="malformed"):
+        current_version(reg["registry"], reg["settings"].storage)
     with pytest.raises(ModelLoadError):
         load_classifier(reg["classifier"], reg["settings"].storage)
 

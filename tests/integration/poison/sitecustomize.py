@@ -2,7 +2,9 @@
 
 * one marked image kills the process that decodes it, as a decoder crash or an OOM kill would;
 * while the file named by ``VP_CHAOS_SLOW_FILE`` exists, each classify batch takes a few seconds
-  longer (a big model on a busy GPU), so a test can kill the process while it holds a batch.
+  longer (a big model on a busy GPU), so a test can kill the process while it holds a batch;
+* when the file named by ``VP_CHAOS_OOM_FILE`` exists, the next detector forward pass deletes it and
+  fails as CUDA does when a GPU runs out of memory.
 """
 
 import os
@@ -12,6 +14,7 @@ import time
 POISON = b"VP-CHAOS-POISON-KILLS-ITS-PROCESS"
 SLOW_FILE = "VP_CHAOS_SLOW_FILE"
 SLOW_SECONDS = 5.0
+OOM_FILE = "VP_CHAOS_OOM_FILE"
 
 
 def _install() -> None:
@@ -37,6 +40,20 @@ def _install() -> None:
             return run(self, crop_sets)
 
         pipeline.ClassifyStage.run = slow_run
+    oom_file = os.environ.get(OOM_FILE)
+    if oom_file:
+        from vehicle_core import pipeline
+
+        detect = pipeline.DetectStage.detect
+
+        def detect_or_oom(self, prepared):
+            try:
+                os.remove(oom_file)
+            except FileNotFoundError:
+                return detect(self, prepared)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+        pipeline.DetectStage.detect = detect_or_oom
 
 
 _install()
