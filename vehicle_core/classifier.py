@@ -383,7 +383,12 @@ def use_backend(backend: str) -> None:
 
 def load_classifier(settings: ClassifierSettings, storage: StorageSettings) -> VehicleClassifier:
     """The classifier named by the settings: ``model``, else the registry's ``current`` version, else
-    a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there."""
+    a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there.
+    A ``fake://`` model is the fixed-cost stand-in of vehicle_core/fake_models.py (no Keras import)."""
+    from vehicle_core.fake_models import FakeClassifier, is_fake
+
+    if is_fake(settings.model):
+        return FakeClassifier(settings)  # type: ignore[return-value]
     use_backend(settings.backend)
     path = _resolve_model(settings, storage)
     log.info("loading classifier from %s (Keras backend %s)", path, settings.backend)
