@@ -112,6 +112,7 @@ class WorkerSettings:
     threads: int = 0
     interop_threads: int = 1
     host_workers: int = 2
+    task_events: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,12 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_routes": task_routes(broker),
         "task_default_queue": broker.detect_queue,
-        # Flower (and `celery events`) need task events; "sent" events show tasks still queued.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Flower's task list (and `celery events`) needs task events; "sent" events show tasks still
+        # queued. They cost about 5 Redis PUBLISHes per image (docs/scale.md), so they are off unless
+        # worker.task_events: Flower still lists the workers (heartbeats are sent either way) and the
+        # queue lengths (it asks the broker), and vehicle-flower keeps Flower from switching them on.
+        "worker_send_task_events": worker.task_events,
+        "task_send_sent_event": worker.task_events,
         # Flower shows args and results; crops travel as base64, so keep the reprs short.
         "task_compression": None,
         "worker_hijack_root_logger": False,
