@@ -19,7 +19,7 @@ from __future__ import annotations
 from celery import Celery
 
 from vehicle_core.config import Settings, load_settings
-from workers.messages import task_routes
+from workers.messages import task_routes, transport_options
 
 
 def celery_config(settings: Settings) -> dict:
@@ -48,8 +48,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_max_memory_per_child": worker.max_memory_per_child_mb * 1024 or None,  # KiB
         "broker_transport_options": {
             # Redis has no acks: a reserved, unacked message is restored to its queue after this many
-            # seconds. Too short and a slow task runs twice; too long and a crashed worker's tasks wait.
-            "visibility_timeout": broker.visibility_timeout_s,
+            # seconds (visibility_timeout). Too short and a slow task runs twice; too long and a crashed
+            # worker's tasks wait. One priority step per queue (workers.messages.PRIORITY_STEPS).
+            **transport_options(broker),
             # Workers sweep for such expired messages every restore_interval_s (throttle 1: every sweep
             # scans). This is what brings back the tasks of a worker that was SIGKILLed or lost power.
             "unacked_restore_interval": broker.restore_interval_s,
