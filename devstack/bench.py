@@ -195,6 +195,17 @@ class Meter:
         self.procs, self.broker_url, self.moto_pid, self.proxy = procs, broker_url, moto_pid, proxy
         self.start: dict[str, Any] = {}
 
+    def idle_rate(self, seconds: float) -> dict[str, Any] | None:
+        """What redis-server does per second with the stack connected and no image in flight (BRPOP
+        timeouts, heartbeats, restore sweeps, cron): measured over ``seconds`` (a measurement window,
+        not a wait for anything), so that the per-image figures can leave it out."""
+        if seconds <= 0:
+            return None
+        first, t0 = figs.redis_stats(self.broker_url), time.monotonic()
+        time.sleep(seconds)
+        last = figs.redis_stats(self.broker_url)
+        return figs.redis_rate(first, last, time.monotonic() - t0)
+
     def snapshot(self) -> dict[str, Any]:
         redis_stats = figs.redis_stats(self.broker_url)
         cpu: dict[str, float | None] = {p.name: figs.cpu_seconds(p.pid) for p in self.procs}
@@ -203,9 +214,11 @@ class Meter:
         # Its own threads only: the stack's processes are its children and have rows of their own.
         cpu["bench process (uploads, polling, S3 proxy)"] = time.process_time()
         return {"cpu": cpu, "s3": dict(self.proxy.counts) if self.proxy else None, "redis": redis_stats,
+                "at": time.monotonic(),
                 "logs": {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in self.procs}}
 
-    def since(self, start: dict[str, Any], end: dict[str, Any], n: int) -> dict[str, Any]:
+    def since(self, start: dict[str, Any], end: dict[str, Any], n: int,
+              idle: dict[str, Any] | None = None) -> dict[str, Any]:
         deltas = [(name, None if end["cpu"][name] is None or start["cpu"].get(name) is None
                    else end["cpu"][name] - start["cpu"][name]) for name in end["cpu"]]
         s3 = None
@@ -219,7 +232,8 @@ class Meter:
             tasks = len(re.findall(rf"Task {re.escape(DETECT_TASK)}\[[^\]]+\] succeeded", detect_log))
             detect = {1: tasks} if tasks else {}
         return {"cpu_s_per_image": figs.per_image(deltas, n), "s3_requests_per_image": s3,
-                "redis_per_image": figs.redis_per_image(start.get("redis"), end.get("redis"), n),
+                "redis_per_image": figs.redis_per_image(start.get("redis"), end.get("redis"), n, idle=idle,
+                                                        seconds=end["at"] - start["at"]),
                 "detect_batches": dict(detect),
                 "classify_batches": dict(figs.batch_histogram(classify_log, r"classify batch: (\d+) images"))}
 
@@ -308,6 +322,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             meter = Meter(procs, broker, moto_pid, proxy)
             watcher = ResultWatcher(s3, args.bucket, procs, args.timeout)
             watcher.wait_for(upload_scenes(s3, args.bucket, warm))
+            idle = meter.idle_rate(args.redis_idle_s)
             start = meter.snapshot()
             rss = RssProbe(procs, args.rss_after)
             watcher.track((k for k, _ in scenes), on_progress=rss)
@@ -315,7 +330,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                      f" (at most {args.upload_window} waiting)" if args.upload_window else "")
             uploaded = upload_scenes(s3, args.bucket, scenes, watcher, args.upload_window)
             docs = watcher.wait_for(uploaded)
-            measured = meter.since(start, meter.snapshot(), args.images)
+            measured = meter.since(start, meter.snapshot(), args.images, idle)
             measured["worker_rss"] = rss.figures(args.images)
         finally:
             for proc in procs:
@@ -441,6 +456,9 @@ def parser() -> argparse.ArgumentParser:
                    help="extra environment of every stack process, e.g. VP_WORKER__THREADS=1 (repeatable)")
     b.add_argument("--broker-url", help="attach to this Redis instead of starting redis-server")
     b.add_argument("--bucket", default="vehicle-bench", help="bucket to create and upload to (default vehicle-bench)")
+    b.add_argument("--redis-idle-s", type=float, default=3.0, metavar="S",
+                   help="seconds of the idle stack measured before the upload: Redis's idle commands and CPU "
+                        "per second are left out of the per-image figures (default 3; 0 = not measured)")
     b.add_argument("--s3-latency-ms", type=float, default=0.0, help="latency the S3 proxy adds to every S3 request")
     b.add_argument("--no-proxy", action="store_true", help="no S3 proxy (no request counts); e.g. for an https endpoint")
     b.add_argument("--classifier", help="classifier artifact (default: the demo classifier, trained once and cached)")

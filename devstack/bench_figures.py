@@ -95,13 +95,8 @@ def redis_stats(url: str) -> dict[str, Any] | None:
                          for name, v in commands.items() if isinstance(v, dict)}}
 
 
-def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
-    """Per image between two :func:`redis_stats`: commands (total and by command, the bench's own
-    INFO left out), their command time (µs), redis-server CPU-µs, and the broker ceiling: images/s
-    one Redis core carries at that CPU cost."""
-    if not start or not end:
-        return None
-    n = max(1, n)
+def _deltas(start: dict[str, Any], end: dict[str, Any]) -> tuple[dict[str, float], float, float]:
+    """(calls by command, command µs, CPU s) between two :func:`redis_stats`, the bench's INFO left out."""
     calls: dict[str, float] = {}
     usec = 0.0
     for name, now in end["commands"].items():
@@ -109,11 +104,43 @@ def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n:
             continue
         before = start["commands"].get(name, {"calls": 0, "usec": 0})
         if now["calls"] > before["calls"]:
-            calls[name] = (now["calls"] - before["calls"]) / n
+            calls[name] = now["calls"] - before["calls"]
             usec += now["usec"] - before["usec"]
-    cpu_us = (end["cpu_s"] - start["cpu_s"]) * 1e6 / n
-    return {"commands": sum(calls.values()), "by_command": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
-            "command_usec": usec / n, "cpu_us": cpu_us, "ceiling_images_per_s": 1e6 / cpu_us if cpu_us > 0 else None}
+    return calls, usec, end["cpu_s"] - start["cpu_s"]
+
+
+def redis_rate(start: dict[str, Any] | None, end: dict[str, Any] | None, seconds: float) -> dict[str, Any] | None:
+    """Per second between two :func:`redis_stats` (the idle stack's cost): calls by command, µs, CPU-µs."""
+    if not start or not end or seconds <= 0:
+        return None
+    calls, usec, cpu_s = _deltas(start, end)
+    return {"seconds": seconds, "by_command": {k: v / seconds for k, v in calls.items()},
+            "commands": sum(calls.values()) / seconds, "command_usec": usec / seconds, "cpu_us": cpu_s * 1e6 / seconds}
+
+
+def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n: int, *,
+                    idle: dict[str, Any] | None = None, seconds: float = 0.0) -> dict[str, Any] | None:
+    """Per image between two :func:`redis_stats`: commands (total and by command), their command time
+    (µs), redis-server CPU-µs, and the broker ceiling: images/s one Redis core carries at that CPU cost.
+
+    With ``idle`` (:func:`redis_rate` of the idle stack) and the window's ``seconds``, what the idle
+    stack would have done in that time is left out (never below zero): the cost each image adds, which
+    is what bounds the rate (a fixed cost per second does not grow with it). The raw figures stay in
+    ``raw``."""
+    if not start or not end:
+        return None
+    n = max(1, n)
+    calls, usec, cpu_s = _deltas(start, end)
+    raw = {"commands": sum(calls.values()) / n, "command_usec": usec / n, "cpu_us": cpu_s * 1e6 / n}
+    if idle and seconds > 0:
+        calls = {k: max(0.0, v - idle["by_command"].get(k, 0.0) * seconds) for k, v in calls.items()}
+        usec = max(0.0, usec - idle["command_usec"] * seconds)
+        cpu_s = max(0.0, cpu_s - idle["cpu_us"] * seconds / 1e6)
+    per = {k: v / n for k, v in calls.items() if v > 0}
+    cpu_us = cpu_s * 1e6 / n
+    return {"commands": sum(per.values()), "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+            "command_usec": usec / n, "cpu_us": cpu_us, "ceiling_images_per_s": 1e6 / cpu_us if cpu_us > 0 else None,
+            "raw": raw, "idle_per_s": idle, "window_s": seconds}
 
 
 def overhead_ratio(cpu_s_per_image: dict[str, float | None], inprocess_cpu_s: float | None) -> dict[str, Any] | None:
@@ -218,13 +245,20 @@ def table_lines(fig: dict[str, Any]) -> list[str]:
     if red is None:
         rows.append(("redis commands per image", "n/a (INFO not readable)"))
     else:
-        rows.append(("redis commands per image", f"{red['commands']:.1f}"))
+        raw, idle = red.get("raw") or red, red.get("idle_per_s")
+        basis = "the idle stack's rate left out" if idle else "idle not measured"
+        rows.append(("redis commands per image", f"{red['commands']:.1f} ({basis}; {raw['commands']:.1f} with it)"))
         rows.append(("redis commands per image, by command", ", ".join(
-            f"{name} {v:.2f}" for name, v in list(red["by_command"].items())[:12])))
+            f"{name} {v:.2f}" for name, v in list(red["by_command"].items())[:14])))
         rows.append(("redis command-µs per image (INFO commandstats)", f"{red['command_usec']:.0f}"))
-        rows.append(("redis CPU-µs per image", f"{red['cpu_us']:.0f} (INFO cpu, used_cpu_sys + used_cpu_user)"))
+        rows.append(("redis CPU-µs per image", f"{red['cpu_us']:.0f} (INFO cpu, used_cpu_sys + used_cpu_user; "
+                                               f"{basis}; {raw['cpu_us']:.0f} with it)"))
+        if idle:
+            rows.append(("redis idle stack, per second", f"{idle['commands']:.1f} commands, {idle['cpu_us']:.0f} CPU-µs "
+                                                         f"(measured over {idle['seconds']:.1f} s before the upload)"))
         ceiling = red["ceiling_images_per_s"]
-        rows.append(("broker ceiling (images/s per Redis core)", "n/a" if ceiling is None else f"{ceiling:.0f}"))
+        rows.append(("broker ceiling (images/s per Redis core)", f"{ceiling:.0f}" if ceiling else
+                     "n/a (no Redis CPU per image beyond the idle stack's: too few images to tell)"))
     s3 = fig.get("s3_requests_per_image")
     rows.append(("S3 requests per image", "n/a (no proxy)" if s3 is None else
                  _requests(s3) + " workers + producer, via proxy"))
