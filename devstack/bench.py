@@ -9,10 +9,18 @@ stack and runs the same models in one process over the same objects fetched from
 (``devstack.bench_inprocess``), and prints one table (devstack/bench_figures.py); ``--json`` writes
 every figure. The last line is ``efficiency X.XX``: end-to-end images/s over in-process images/s.
 
-Two warm-up images go through first (models load on a worker's first task); CPU time, S3 requests
-and batch sizes count from after them.
+Two warm-up images go through first (models load on a worker's first task); CPU time, S3 requests,
+Redis commands and batch sizes count from after them until the last result is in (the steady window).
+What each image costs beyond the models is in rows a script can read back
+(``bench_figures.parse_table``): ``overhead ratio`` (worker CPU-s per image over the in-process run's),
+``redis commands per image`` and ``redis CPU-µs per image`` (deltas of redis-server's ``INFO
+commandstats`` and ``INFO cpu``), ``broker ceiling (images/s per Redis core)`` (1 s over that CPU
+cost) and ``S3 requests per image`` (by HTTP method, counted by the proxy). ``--fake-models`` runs the
+same stack with fixed-cost stand-in models (``fake://`` URIs, vehicle_core/fake_models.py): the
+plumbing alone, at a higher rate than the real models allow.
 
     python -m devstack.bench pipeline --images 200                       # the baseline in docs/benchmarks.md
+    python -m devstack.bench pipeline --images 400 --fake-models         # the plumbing's cost per image
     python -m devstack.bench pipeline --images 200 --s3-latency-ms 20    # S3 20 ms away
     python -m devstack.bench pipeline --detect-workers 2 --worker-env VP_WORKER__THREADS=1
 """
@@ -187,25 +195,30 @@ class Meter:
         self.procs, self.broker_url, self.moto_pid, self.proxy = procs, broker_url, moto_pid, proxy
         self.start: dict[str, Any] = {}
 
+    def idle_rate(self, seconds: float) -> dict[str, Any] | None:
+        """What redis-server does per second with the stack connected and no image in flight (BRPOP
+        timeouts, heartbeats, restore sweeps, cron): measured over ``seconds`` (a measurement window,
+        not a wait for anything), so that the per-image figures can leave it out."""
+        if seconds <= 0:
+            return None
+        first, t0 = figs.redis_stats(self.broker_url), time.monotonic()
+        time.sleep(seconds)
+        last = figs.redis_stats(self.broker_url)
+        return figs.redis_rate(first, last, time.monotonic() - t0)
+
     def snapshot(self) -> dict[str, Any]:
+        redis_stats = figs.redis_stats(self.broker_url)
         cpu: dict[str, float | None] = {p.name: figs.cpu_seconds(p.pid) for p in self.procs}
-        cpu["redis-server"] = self._redis_cpu()
+        cpu["redis-server"] = redis_stats and redis_stats["cpu_s"]
         cpu["moto (S3+SQS)"] = figs.cpu_seconds(self.moto_pid) if self.moto_pid else None
         # Its own threads only: the stack's processes are its children and have rows of their own.
         cpu["bench process (uploads, polling, S3 proxy)"] = time.process_time()
-        return {"cpu": cpu, "s3": dict(self.proxy.counts) if self.proxy else None,
+        return {"cpu": cpu, "s3": dict(self.proxy.counts) if self.proxy else None, "redis": redis_stats,
+                "at": time.monotonic(),
                 "logs": {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in self.procs}}
 
-    def _redis_cpu(self) -> float | None:
-        try:
-            import redis
-
-            info = redis.Redis.from_url(self.broker_url).info("cpu")
-            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-        except Exception:  # noqa: BLE001 - a figure we cannot read is reported as n/a
-            return None
-
-    def since(self, start: dict[str, Any], end: dict[str, Any], n: int) -> dict[str, Any]:
+    def since(self, start: dict[str, Any], end: dict[str, Any], n: int,
+              idle: dict[str, Any] | None = None) -> dict[str, Any]:
         deltas = [(name, None if end["cpu"][name] is None or start["cpu"].get(name) is None
                    else end["cpu"][name] - start["cpu"][name]) for name in end["cpu"]]
         s3 = None
@@ -219,6 +232,8 @@ class Meter:
             tasks = len(re.findall(rf"Task {re.escape(DETECT_TASK)}\[[^\]]+\] succeeded", detect_log))
             detect = {1: tasks} if tasks else {}
         return {"cpu_s_per_image": figs.per_image(deltas, n), "s3_requests_per_image": s3,
+                "redis_per_image": figs.redis_per_image(start.get("redis"), end.get("redis"), n, idle=idle,
+                                                        seconds=end["at"] - start["at"]),
                 "detect_batches": dict(detect),
                 "classify_batches": dict(figs.batch_histogram(classify_log, r"classify batch: (\d+) images"))}
 
@@ -299,7 +314,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         queue_url = wire_bucket_notifications(s3, session.client("sqs", endpoint_url=endpoint), args.bucket,
                                               f"{args.bucket}-events")
         # S3 calls of the stack go through the proxy (counted, delayed); SQS goes straight to the endpoint.
-        extra = {"VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "1",
+        extra = {**model_env(args, classifier), "VP_PRODUCER__WAIT_TIME_S": "1",
                  **({"AWS_ENDPOINT_URL_S3": proxy.endpoint_url} if proxy else {}), **dict(args.worker_env)}
         env = stack_env(broker_url=broker, aws=aws, extra=extra)
         procs = start_workers(args, env, queue_url, log_dir)
@@ -307,6 +322,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             meter = Meter(procs, broker, moto_pid, proxy)
             watcher = ResultWatcher(s3, args.bucket, procs, args.timeout)
             watcher.wait_for(upload_scenes(s3, args.bucket, warm))
+            idle = meter.idle_rate(args.redis_idle_s)
             start = meter.snapshot()
             rss = RssProbe(procs, args.rss_after)
             watcher.track((k for k, _ in scenes), on_progress=rss)
@@ -314,7 +330,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                      f" (at most {args.upload_window} waiting)" if args.upload_window else "")
             uploaded = upload_scenes(s3, args.bucket, scenes, watcher, args.upload_window)
             docs = watcher.wait_for(uploaded)
-            measured = meter.since(start, meter.snapshot(), args.images)
+            measured = meter.since(start, meter.snapshot(), args.images, idle)
             measured["worker_rss"] = rss.figures(args.images)
         finally:
             for proc in procs:
@@ -327,11 +343,24 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     fig.update(measured)
     fig.update(images=args.images, image_size=f"{width}x{height}", stack=_stack_text(args),
                inprocess_images_per_s=inproc and inproc["images_per_s"], inprocess=inproc,
-               efficiency=inproc and fig["e2e_images_per_s"] / inproc["images_per_s"], machine=_machine())
+               efficiency=inproc and fig["e2e_images_per_s"] / inproc["images_per_s"], machine=_machine(),
+               overhead=figs.overhead_ratio(fig["cpu_s_per_image"], inproc and inproc["cpu_s_per_image"]))
     return fig
 
 
-def _classifier(args: argparse.Namespace) -> Path:
+def model_env(args: argparse.Namespace, classifier: Path | None) -> dict[str, str]:
+    """The models every stack process (and the in-process run) loads: the configured detector and
+    ``classifier``, or with ``--fake-models`` the fixed-cost stand-ins (vehicle_core/fake_models.py)."""
+    if args.fake_models:
+        detect_ms, crop_ms, vehicles = args.fake_cost
+        return {"VP_DETECTOR__MODEL": f"fake://detector?cpu_ms={detect_ms:g}&vehicles={vehicles}",
+                "VP_CLASSIFIER__MODEL": f"fake://classifier?cpu_ms={crop_ms:g}"}
+    return {"VP_CLASSIFIER__MODEL": str(classifier)}
+
+
+def _classifier(args: argparse.Namespace) -> Path | None:
+    if args.fake_models:
+        return None
     if args.classifier:
         return Path(args.classifier)
     from training.quickstart import ensure_demo_classifier
@@ -344,6 +373,10 @@ def _classifier(args: argparse.Namespace) -> Path:
 def _stack_text(args: argparse.Namespace) -> str:
     text = (f"{args.detect_workers} detect worker(s) -c {args.detect_concurrency}, {args.classify_workers} classify "
             f"worker(s) -c {args.classify_concurrency}, {args.producers} producer(s)")
+    if args.fake_models:
+        detect_ms, crop_ms, vehicles = args.fake_cost
+        text += (f", fake models ({detect_ms:g} CPU-ms per image detect, {crop_ms:g} per crop classify, "
+                 f"{vehicles} vehicles per image)")
     if args.s3_latency_ms:
         text += f", S3 latency +{args.s3_latency_ms:g} ms"
     if args.worker_env:
@@ -384,6 +417,17 @@ def _env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _fake_cost(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        detect_ms, crop_ms, vehicles = float(parts[0]), float(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected DETECT_MS,CROP_MS,VEHICLES, e.g. 10,1,3; got {text!r}") from None
+    if len(parts) != 3 or detect_ms < 0 or crop_ms < 0 or vehicles < 0:
+        raise argparse.ArgumentTypeError(f"expected three numbers of 0 or more, e.g. 10,1,3; got {text!r}")
+    return detect_ms, crop_ms, vehicles
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
@@ -412,9 +456,18 @@ def parser() -> argparse.ArgumentParser:
                    help="extra environment of every stack process, e.g. VP_WORKER__THREADS=1 (repeatable)")
     b.add_argument("--broker-url", help="attach to this Redis instead of starting redis-server")
     b.add_argument("--bucket", default="vehicle-bench", help="bucket to create and upload to (default vehicle-bench)")
+    b.add_argument("--redis-idle-s", type=float, default=3.0, metavar="S",
+                   help="seconds of the idle stack measured before the upload: Redis's idle commands and CPU "
+                        "per second are left out of the per-image figures (default 3; 0 = not measured)")
     b.add_argument("--s3-latency-ms", type=float, default=0.0, help="latency the S3 proxy adds to every S3 request")
     b.add_argument("--no-proxy", action="store_true", help="no S3 proxy (no request counts); e.g. for an https endpoint")
     b.add_argument("--classifier", help="classifier artifact (default: the demo classifier, trained once and cached)")
+    b.add_argument("--fake-models", action="store_true",
+                   help="the same stack with fixed-cost stand-in models (fake:// URIs, vehicle_core/fake_models.py): "
+                        "the plumbing's cost alone, at a higher rate than the real models allow")
+    b.add_argument("--fake-cost", type=_fake_cost, default=(10.0, 1.0, 3), metavar="DETECT_MS,CROP_MS,VEHICLES",
+                   help="with --fake-models: CPU-ms the detector spends per image, the classifier per crop, and "
+                        "the vehicles found per image (default 10,1,3)")
     b.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the workers, and for the results")
     b.add_argument("--json", help="write every figure to this JSON file")
     b.add_argument("--rss-after", type=_positive, metavar="N",

@@ -71,6 +71,98 @@ def pid_of_server(needle: str, port: int) -> int | None:
     return None
 
 
+#: One client per broker URL for the whole run: connecting sends commands of its own (CLIENT SETINFO),
+#: which would count against the stack; the INFO calls the bench itself makes are left out by name.
+_REDIS_CLIENTS: dict[str, Any] = {}
+OWN_REDIS_COMMANDS = ("info",)
+
+
+def redis_stats(url: str) -> dict[str, Any] | None:
+    """redis-server's own counters: ``{"cpu_s": used_cpu_sys + used_cpu_user, "commands": {name:
+    {"calls", "usec"}}}`` from ``INFO cpu`` and ``INFO commandstats``; None when it cannot be read."""
+    try:
+        import redis
+
+        client = _REDIS_CLIENTS.get(url)
+        if client is None:
+            client = _REDIS_CLIENTS[url] = redis.Redis.from_url(url)
+        commands = client.info("commandstats")
+        cpu = client.info("cpu")
+    except Exception:  # noqa: BLE001 - a figure we cannot read is reported as n/a
+        return None
+    return {"cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+            "commands": {name.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec": int(v["usec"])}
+                         for name, v in commands.items() if isinstance(v, dict)}}
+
+
+def _deltas(start: dict[str, Any], end: dict[str, Any]) -> tuple[dict[str, float], float, float]:
+    """(calls by command, command µs, CPU s) between two :func:`redis_stats`, the bench's INFO left out."""
+    calls: dict[str, float] = {}
+    usec = 0.0
+    for name, now in end["commands"].items():
+        if name in OWN_REDIS_COMMANDS:
+            continue
+        before = start["commands"].get(name, {"calls": 0, "usec": 0})
+        if now["calls"] > before["calls"]:
+            calls[name] = now["calls"] - before["calls"]
+            usec += now["usec"] - before["usec"]
+    return calls, usec, end["cpu_s"] - start["cpu_s"]
+
+
+def redis_rate(start: dict[str, Any] | None, end: dict[str, Any] | None, seconds: float) -> dict[str, Any] | None:
+    """Per second between two :func:`redis_stats` (the idle stack's cost): calls by command, µs, CPU-µs."""
+    if not start or not end or seconds <= 0:
+        return None
+    calls, usec, cpu_s = _deltas(start, end)
+    return {"seconds": seconds, "by_command": {k: v / seconds for k, v in calls.items()},
+            "commands": sum(calls.values()) / seconds, "command_usec": usec / seconds, "cpu_us": cpu_s * 1e6 / seconds}
+
+
+def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n: int, *,
+                    idle: dict[str, Any] | None = None, seconds: float = 0.0) -> dict[str, Any] | None:
+    """Per image between two :func:`redis_stats`: commands (total and by command), their command time
+    (µs), redis-server CPU-µs, and the broker ceiling: images/s one Redis core carries at that CPU cost.
+
+    With ``idle`` (:func:`redis_rate` of the idle stack) and the window's ``seconds``, what the idle
+    stack would have done in that time is left out (never below zero): the cost each image adds, which
+    is what bounds the rate (a fixed cost per second does not grow with it). The raw figures stay in
+    ``raw``."""
+    if not start or not end:
+        return None
+    n = max(1, n)
+    calls, usec, cpu_s = _deltas(start, end)
+    raw = {"commands": sum(calls.values()) / n, "command_usec": usec / n, "cpu_us": cpu_s * 1e6 / n}
+    if idle and seconds > 0:
+        calls = {k: max(0.0, v - idle["by_command"].get(k, 0.0) * seconds) for k, v in calls.items()}
+        usec = max(0.0, usec - idle["command_usec"] * seconds)
+        cpu_s = max(0.0, cpu_s - idle["cpu_us"] * seconds / 1e6)
+    per = {k: v / n for k, v in calls.items() if v > 0}
+    cpu_us = cpu_s * 1e6 / n
+    return {"commands": sum(per.values()), "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+            "command_usec": usec / n, "cpu_us": cpu_us, "ceiling_images_per_s": 1e6 / cpu_us if cpu_us > 0 else None,
+            "raw": raw, "idle_per_s": idle, "window_s": seconds}
+
+
+def overhead_ratio(cpu_s_per_image: dict[str, float | None], inprocess_cpu_s: float | None) -> dict[str, Any] | None:
+    """Worker CPU-s per image (every detect-/classify-worker row) over the in-process run's: what the
+    stack spends per image for each CPU-second the same models spend alone. None if either is missing."""
+    workers = [v for name, v in cpu_s_per_image.items() if name.startswith(("detect-worker", "classify-worker"))]
+    if not workers or any(v is None for v in workers) or not inprocess_cpu_s:
+        return None
+    total = sum(workers)
+    return {"ratio": total / inprocess_cpu_s, "workers_cpu_s": total, "inprocess_cpu_s": inprocess_cpu_s}
+
+
+def parse_table(lines: Iterable[str]) -> dict[str, str]:
+    """The printed table read back: row name -> value (``| name | value |`` lines; header rows too)."""
+    out = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and len(cells) == 2:
+            out[cells[0]] = cells[1]
+    return out
+
+
 def batch_histogram(log_text: str, pattern: str) -> Counter:
     """Counter of the sizes N in log lines matching ``pattern`` (a regex with one group for N)."""
     return Counter(int(m.group(1)) for m in re.finditer(pattern, log_text))
@@ -145,9 +237,31 @@ def table_lines(fig: dict[str, Any]) -> list[str]:
     if inproc.get("cpu_s_per_image") is not None:
         rows.append(("CPU-seconds per image: in-process run (same models, one process)",
                      f"{inproc['cpu_s_per_image']:.3f}"))
+    over = fig.get("overhead")
+    rows.append(("overhead ratio", "n/a (--skip-inprocess)" if over is None else
+                 f"{over['ratio']:.2f} (workers {over['workers_cpu_s']:.4f} / in-process {over['inprocess_cpu_s']:.4f} "
+                 "CPU-s per image)"))
+    red = fig.get("redis_per_image")
+    if red is None:
+        rows.append(("redis commands per image", "n/a (INFO not readable)"))
+    else:
+        raw, idle = red.get("raw") or red, red.get("idle_per_s")
+        basis = "the idle stack's rate left out" if idle else "idle not measured"
+        rows.append(("redis commands per image", f"{red['commands']:.1f} ({basis}; {raw['commands']:.1f} with it)"))
+        rows.append(("redis commands per image, by command", ", ".join(
+            f"{name} {v:.2f}" for name, v in list(red["by_command"].items())[:14])))
+        rows.append(("redis command-µs per image (INFO commandstats)", f"{red['command_usec']:.0f}"))
+        rows.append(("redis CPU-µs per image", f"{red['cpu_us']:.0f} (INFO cpu, used_cpu_sys + used_cpu_user; "
+                                               f"{basis}; {raw['cpu_us']:.0f} with it)"))
+        if idle:
+            rows.append(("redis idle stack, per second", f"{idle['commands']:.1f} commands, {idle['cpu_us']:.0f} CPU-µs "
+                                                         f"(measured over {idle['seconds']:.1f} s before the upload)"))
+        ceiling = red["ceiling_images_per_s"]
+        rows.append(("broker ceiling (images/s per Redis core)", f"{ceiling:.0f}" if ceiling else
+                     "n/a (no Redis CPU per image beyond the idle stack's: too few images to tell)"))
     s3 = fig.get("s3_requests_per_image")
-    rows.append(("S3 requests per image (workers + producer, via proxy)",
-                 "n/a (no proxy)" if s3 is None else _requests(s3)))
+    rows.append(("S3 requests per image", "n/a (no proxy)" if s3 is None else
+                 _requests(s3) + " workers + producer, via proxy"))
     rows.append(("detect batches (size×count)", histogram_text(fig["detect_batches"], "none logged")))
     rows.append(("classify batches, images (size×count)", histogram_text(fig["classify_batches"], "none logged")))
     rss = fig.get("worker_rss")

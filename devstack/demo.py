@@ -198,7 +198,9 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     queue_url = wire_bucket_notifications(s3, sqs, bucket, f"{bucket}-events")
     env = stack_env(broker_url=broker_url, aws=aws, extra={
         "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2",
-        "VP_FLOWER__BASIC_AUTH": basic_auth, "VP_FLOWER__ADDRESS": "127.0.0.1", **(extra_env or {})})
+        "VP_FLOWER__BASIC_AUTH": basic_auth, "VP_FLOWER__ADDRESS": "127.0.0.1",
+        # The demo shows Flower's task list: task events on (off by default, workers/app.py).
+        "VP_WORKER__TASK_EVENTS": "true", **(extra_env or {})})
     stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
                   flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
     root = Path(__file__).resolve().parents[1]

@@ -15,7 +15,11 @@ Delivery rules:
 * any other failure with one message (a bug our parser did not foresee) is logged and that message
   left for the DLQ likewise: the others of its batch proceed, and the listener keeps running;
 * while the detect queue is deeper than ``producer.max_queue_depth`` the listener stops receiving
-  (SQS keeps the events; nothing is lost, Redis memory stays bounded), like backfill;
+  (SQS keeps the events; nothing is lost, Redis memory stays bounded), like backfill. The depth is
+  read again only after ``producer.pause_poll_s`` or once this listener's own enqueues since the last
+  reading could have crossed the limit (a probe is about 12 Redis commands; one per SQS receive was a
+  quarter of the broker's commands per image). Other producers may add up to pause_poll_s of their
+  enqueues before a listener notices;
 * SIGTERM/SIGINT finish the batch in hand (at most one long poll, ``producer.wait_time_s``) and exit 0.
 """
 
@@ -25,6 +29,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from producer.events import KeyFilter, MalformedEventError, parse_event_body
@@ -52,7 +57,7 @@ class Listener:
     def __init__(self, *, sqs, queue_url: str, app, keys: KeyFilter, wait_time_s: int = 20, batch: int = 10,
                  depth=None, max_queue_depth: int = 5000, pause_poll_s: float = 2.0, probe=None,
                  outage_visibility_s: int = 300, outage_backoff_max_s: float = 30.0,
-                 outage_backoff_start_s: float = 1.0):
+                 outage_backoff_start_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.sqs = sqs
         self.depth = depth  # () -> messages waiting in the detect queue; None: never pause
         # () -> None, raising while the broker is unreachable (fails fast: one connection attempt).
@@ -69,6 +74,9 @@ class Listener:
         self.batch = batch
         self.stop = threading.Event()
         self.stats = ListenStats()
+        self.clock = clock
+        self._last_depth: tuple[float, int] | None = None  # (when read, depth then)
+        self._enqueued_since_depth = 0
 
     def run(self) -> ListenStats:
         log.info("listening on %s (long poll %ss)", self.queue_url, self.wait_time_s)
@@ -113,6 +121,7 @@ class Listener:
         for image, task_id in zip(images, task_ids, strict=True):
             log.info("enqueued s3://%s/%s etag=%s task=%s", image.bucket, image.key, image.etag, task_id)
         self.stats.enqueued += len(images)
+        self._enqueued_since_depth += len(images)
         self._delete_batch(handled_messages)
         return len(images)
 
@@ -169,7 +178,13 @@ class Listener:
         (the broker is down)."""
         if self.depth is None:
             return False
-        current = self.depth()
+        now = self.clock()
+        if self._last_depth is not None:
+            read_at, then = self._last_depth
+            if now - read_at < self.pause_poll_s and then + self._enqueued_since_depth <= self.max_queue_depth:
+                return False  # what this listener added since cannot have crossed the limit: no probe
+        current = self.depth()  # raises while the broker is down: the caller rides the outage out
+        self._last_depth, self._enqueued_since_depth = (now, current), 0
         if current > self.max_queue_depth:
             self.stats.paused += 1
             log.info("detect queue holds %d > %d: not receiving for now", current, self.max_queue_depth)

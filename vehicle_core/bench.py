@@ -102,17 +102,30 @@ def bench_detector(args: argparse.Namespace, images: list[np.ndarray], tmp: str)
     rows = []
     for batch in args.detector_batches:
         ips, ms = time_batches(detector.detect, images, batch, args.repeats)
-        rows.append(Row(name, str(getattr(detector, "device", "?")), batch, ips, ms))
+        rows.append(Row(name, _device_of(detector), batch, ips, ms))
     return rows
 
 
-def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str) -> list[Row]:
-    import tensorflow as tf
+def _device_of(detector) -> str:
+    """The device a detector runs on: its ``device`` (torchvision) or its config's (detectron2)."""
+    device = getattr(detector, "device", None)
+    if device is None and getattr(detector, "cfg", None) is not None:
+        device = detector.cfg.MODEL.DEVICE
+    return str(device or "?")
 
-    from vehicle_core.classifier import VehicleClassifier, build_classifier, make_manifest, save_artifact
+
+def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str) -> list[Row]:
+    from vehicle_core.classifier import (
+        VehicleClassifier,
+        build_classifier,
+        make_manifest,
+        save_artifact,
+        use_backend,
+    )
     from vehicle_core.synthetic import CLASSES
 
-    device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    use_backend(load_settings().classifier.backend)  # classifier.backend: tensorflow (default) or torch
+    device = classifier_device()
     rows = []
     for size in args.classifier_input:
         names = list(CLASSES)
@@ -124,6 +137,19 @@ def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str
             ips, ms = time_batches(classifier.classify, crops, batch, args.repeats)
             rows.append(Row(f"classifier ResNet50 {size}px", device, batch, ips, ms))
     return rows
+
+
+def classifier_device() -> str:
+    """"gpu" or "cpu": where the Keras backend of this process runs the classifier."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
 def crop_message_sizes(scene_sizes: Sequence[tuple[int, int]], n: int, seed: int = 0) -> list[str]:
@@ -165,19 +191,23 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 def machine_line() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
-    try:
-        import tensorflow as tf
-
-        tf_version = tf.__version__
-    except ImportError:
-        tf_version = "absent"
+    tf_version = "absent"
+    for dist in ("tensorflow", "tensorflow-cpu"):  # the installed version, without importing TensorFlow
+        try:
+            tf_version = version(dist)
+            break
+        except PackageNotFoundError:
+            continue
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), {gpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, tensorflow {tf_version}, threads torch={torch.get_num_threads()}"
+        f"torch {torch.__version__}, tensorflow {tf_version}, Keras backend {os.environ.get('KERAS_BACKEND', '-')}, "
+        f"threads torch={torch.get_num_threads()}"
     )
 
 

@@ -391,7 +391,12 @@ def load_classifier(settings: ClassifierSettings, storage: StorageSettings, *,
                     sha256: str | None = None) -> VehicleClassifier:
     """The classifier named by the settings: ``model``, else the registry's ``current`` version, else
     a demo artifact cached by ``vehicle-train quickstart``; ModelLoadError when none is there, or when
-    the artifact's SHA-256 differs from ``sha256`` (or from the one the registry pointer names)."""
+    the artifact's SHA-256 differs from ``sha256`` (or from the one the registry pointer names).
+    A ``fake://`` model is the fixed-cost stand-in of vehicle_core/fake_models.py (no Keras import)."""
+    from vehicle_core.fake_models import FakeClassifier, is_fake
+
+    if is_fake(settings.model):
+        return FakeClassifier(settings)  # type: ignore[return-value]
     use_backend(settings.backend)
     path = _resolve_model(settings, storage, sha256)
     log.info("loading classifier from %s (Keras backend %s)", path, settings.backend)

@@ -114,6 +114,7 @@ class WorkerSettings:
     interop_threads: int = 1
     host_workers: int = 2
     model_retry_max_s: float = 300.0
+    task_events: bool = False
 
 
 @dataclass(frozen=True)

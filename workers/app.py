@@ -20,7 +20,7 @@ from celery import Celery
 
 from vehicle_core.config import Settings, load_settings
 from workers import broker as redis_transport
-from workers.messages import task_routes
+from workers.messages import task_routes, transport_options
 
 
 def celery_config(settings: Settings) -> dict:
@@ -49,8 +49,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_max_memory_per_child": worker.max_memory_per_child_mb * 1024 or None,  # KiB
         "broker_transport_options": {
             # Redis has no acks: a reserved, unacked message is restored to its queue after this many
-            # seconds. Too short and a slow task runs twice; too long and a crashed worker's tasks wait.
-            "visibility_timeout": broker.visibility_timeout_s,
+            # seconds (visibility_timeout). Too short and a slow task runs twice; too long and a crashed
+            # worker's tasks wait. One priority step per queue (workers.messages.PRIORITY_STEPS).
+            **transport_options(broker),
             # Workers sweep for such expired messages every restore_interval_s (throttle 1: every sweep
             # scans). This is what brings back the tasks of a worker that was SIGKILLed or lost power.
             "unacked_restore_interval": broker.restore_interval_s,
@@ -59,9 +60,12 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_routes": task_routes(broker),
         "task_default_queue": broker.detect_queue,
-        # Flower (and `celery events`) need task events; "sent" events show tasks still queued.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Flower's task list (and `celery events`) needs task events; "sent" events show tasks still
+        # queued. They cost about 5 Redis PUBLISHes per image (docs/scale.md), so they are off unless
+        # worker.task_events: Flower still lists the workers (heartbeats are sent either way) and the
+        # queue lengths (it asks the broker), and vehicle-flower keeps Flower from switching them on.
+        "worker_send_task_events": worker.task_events,
+        "task_send_sent_event": worker.task_events,
         # Flower shows args and results; crops travel as base64, so keep the reprs short.
         "task_compression": None,
         "worker_hijack_root_logger": False,

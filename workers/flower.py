@@ -46,11 +46,15 @@ def credentials(flower: FlowerSettings, *, demo: bool = False) -> str:
     return value
 
 
-def flower_command(flower: FlowerSettings, *, port: int | None = None, extra: list[str] | None = None) -> list[str]:
+def flower_command(flower: FlowerSettings, *, port: int | None = None, extra: list[str] | None = None,
+                   task_events: bool = True) -> list[str]:
     """Flower's argv: address and port only, never the credentials. It runs Flower through
-    ``workers.flower_server``, which makes Flower list both queues (see there why it did not)."""
+    ``workers.flower_server``, which makes Flower list both queues (see there why it did not).
+    ``task_events`` False (``worker.task_events``): Flower must not broadcast ``enable_events`` to the
+    workers (it does by default, every few seconds), which would switch their task events back on."""
+    events = [] if task_events else ["--enable_events=False"]
     return [sys.executable, "-m", "workers.flower_server", f"--port={port or flower.port}",
-            f"--address={flower.address}", *(extra or [])]
+            f"--address={flower.address}", *events, *(extra or [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line for known failures
         return report("vehicle-flower", exc)
     env = {**os.environ, "FLOWER_BASIC_AUTH": secret}
-    command = flower_command(settings.flower, port=args.port, extra=rest)
+    command = flower_command(settings.flower, port=args.port, extra=rest, task_events=settings.worker.task_events)
     os.execve(command[0], command, env)  # Flower replaces this process: signals reach it directly
     return 0  # not reached
 

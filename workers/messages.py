@@ -27,6 +27,19 @@ CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
 TRAIN_TRIAL_TASK = "training.trial_worker.train_trial"
 
 
+#: kombu's Redis transport keeps one list per priority step of a queue (by default four: 0, 3, 6, 9)
+#: and names all of them in every BRPOP, queue-depth probe (EXISTS, LLEN) and restore. Nothing here
+#: sets a priority, so one step: every message lives in the queue's own key (where priority-0
+#: messages always were, so older senders and workers agree), and each of those commands names one
+#: key instead of four. Flower reads the same option for its queue lengths.
+PRIORITY_STEPS = [0]
+
+
+def transport_options(broker: BrokerSettings) -> dict:
+    """The kombu transport options every app of the project shares (senders, workers, Flower)."""
+    return {"visibility_timeout": broker.visibility_timeout_s, "priority_steps": list(PRIORITY_STEPS)}
+
+
 def task_routes(broker: BrokerSettings) -> dict[str, dict[str, str]]:
     """Which queue each task goes to: detect-side tasks (PyTorch), classify (TensorFlow), sweep trials."""
     detect = {"queue": broker.detect_queue}
@@ -40,7 +53,7 @@ def sender_app(broker: BrokerSettings) -> Celery:
 
     app = Celery("vehicle-producer", broker=broker.url, backend=broker.result_backend, set_as_current=False)
     app.conf.task_routes = task_routes(broker)
-    app.conf.broker_transport_options = {"visibility_timeout": broker.visibility_timeout_s}
+    app.conf.broker_transport_options = transport_options(broker)
     # Flower shows a task as "sent" (and its args) from the moment the producer enqueues it.
     app.conf.task_send_sent_event = True
     return app

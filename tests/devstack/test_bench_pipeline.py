@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from devstack.bench_figures import overhead_ratio, parse_table, redis_per_image, redis_rate
 from devstack.servers import redis_server_binary
 from tests.conftest import skip_or_fail
 
@@ -43,6 +44,73 @@ def test_bench_pipeline_prints_its_table_and_efficiency(classifier_artifact, tmp
     assert {"detect-worker-0", "classify-worker-0"} <= set(fig["worker_rss"]["mib"])
     assert all(a > 50 and b > 50 for a, b in fig["worker_rss"]["mib"].values())
     assert any("RSS MiB of detect-worker-0 after 4 / 8 images" in line for line in lines)
+    # What an image costs beyond the models, in rows a script reads back by name
+    table = parse_table(lines)
+    for row in COST_ROWS:  # the idle stack's rate is left out: on 8 images the ceiling may be beyond measure
+        assert re.match(r"(\d+(\.\d+)?|n/a \(.+\)) ", table[row] + " "), (row, table[row])
+    assert fig["redis_per_image"]["idle_per_s"]["seconds"] >= 3  # the default --redis-idle-s
+    assert fig["overhead"]["ratio"] == pytest.approx(fig["overhead"]["workers_cpu_s"] / fig["inprocess"]["cpu_s_per_image"])
+
+
+#: The rows of the cost table (issue 21) a script reads by name; each value starts with a number.
+COST_ROWS = ("overhead ratio", "redis commands per image", "redis CPU-µs per image",
+             "broker ceiling (images/s per Redis core)", "S3 requests per image")
+
+
+def test_fake_models_run_the_same_stack_and_report_what_each_image_costs(tmp_path):
+    """``--fake-models``: the stack with fixed-cost stand-in models; the cost rows come out as numbers."""
+    try:
+        redis_server_binary()
+    except RuntimeError as exc:
+        skip_or_fail(str(exc))
+    argv = [sys.executable, "-m", "devstack.bench", "pipeline", "--images", "6", "--size", "320x240",
+            "--fake-models", "--fake-cost", "2,0.5,2", "--redis-idle-s", "0", "--json", str(tmp_path / "bench.json"),
+            "--log-dir", str(tmp_path / "logs"), "--timeout", "300"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    table = parse_table(done.stdout.splitlines())
+    for row in COST_ROWS:
+        assert re.match(r"\d+(\.\d+)? ", table[row] + " "), (row, table[row])
+    fig = json.loads((tmp_path / "bench.json").read_text())
+    assert fig["results"] == 6 and fig["status"] == {"ok": 6}
+    assert "fake models (2 CPU-ms per image detect, 0.5 per crop classify, 2 vehicles per image)" in fig["stack"]
+    assert fig["overhead"]["ratio"] > 0 and fig["inprocess"]["images"] == 6
+    redis = fig["redis_per_image"]
+    # Every image was taken from both queues once at least (BRPOP), and the bench's own INFO is left out.
+    assert redis["commands"] > 2 and redis["by_command"]["brpop"] >= 1 and "info" not in redis["by_command"]
+    assert redis["cpu_us"] == redis["raw"]["cpu_us"] > 0 and redis["idle_per_s"] is None  # --redis-idle-s 0
+    assert redis["ceiling_images_per_s"] == pytest.approx(1e6 / redis["cpu_us"])
+    assert fig["s3_requests_per_image"]["GET"] >= 1 and fig["s3_requests_per_image"]["PUT"] >= 1
+    assert sum(int(size) * n for size, n in fig["classify_batches"].items()) == 6
+
+
+def test_redis_figures_per_image_are_deltas_of_the_servers_counters_without_the_bench_own_info():
+    start = {"cpu_s": 10.0, "commands": {"brpop": {"calls": 5, "usec": 50}, "info": {"calls": 2, "usec": 40}}}
+    end = {"cpu_s": 10.004, "commands": {"brpop": {"calls": 25, "usec": 250}, "lpush": {"calls": 20, "usec": 100},
+                                         "info": {"calls": 9, "usec": 400}, "get": {"calls": 0, "usec": 0}}}
+    out = redis_per_image(start, end, 10)
+    assert out["by_command"] == {"brpop": 2.0, "lpush": 2.0} and out["commands"] == 4.0
+    assert out["command_usec"] == pytest.approx(30.0) and out["cpu_us"] == pytest.approx(400.0)
+    assert out["ceiling_images_per_s"] == pytest.approx(2500.0)
+    assert redis_per_image(None, end, 10) is None
+    # The idle stack's rate over the window's 2 s is left out (never below zero); the raw figures stay.
+    idle = redis_rate(start, {"cpu_s": 10.0005, "commands": {"brpop": {"calls": 6, "usec": 60}}}, 1.0)
+    assert idle["by_command"] == {"brpop": 1.0} and idle["cpu_us"] == pytest.approx(500.0)
+    marginal = redis_per_image(start, end, 10, idle=idle, seconds=2.0)
+    assert marginal["by_command"] == {"brpop": 1.8, "lpush": 2.0} and marginal["commands"] == pytest.approx(3.8)
+    assert marginal["cpu_us"] == pytest.approx(300.0) and marginal["ceiling_images_per_s"] == pytest.approx(1e6 / 300)
+    assert marginal["raw"]["cpu_us"] == pytest.approx(400.0) and marginal["raw"]["commands"] == 4.0
+    assert redis_per_image(start, end, 10, idle=idle, seconds=100.0)["cpu_us"] == 0.0
+
+
+def test_the_overhead_ratio_sums_the_worker_rows_only():
+    cpu = {"detect-worker-0": 0.03, "detect-worker-1": 0.01, "classify-worker-0": 0.02, "producer-0": 0.5,
+           "redis-server": 0.1}
+    out = overhead_ratio(cpu, 0.04)
+    assert out["ratio"] == pytest.approx(1.5) and out["workers_cpu_s"] == pytest.approx(0.06)
+    assert overhead_ratio(cpu, None) is None
+    assert overhead_ratio({**cpu, "classify-worker-0": None}, 0.04) is None
 
 
 def test_a_run_that_fits_in_one_batch_reports_its_wall_clock_rate():

@@ -67,16 +67,16 @@ def _masked(envelope: dict) -> dict:
     return out
 
 
-def test_queue_depth_counts_every_priority_sub_queue(detect):
+def test_queue_depth_counts_every_message_whatever_its_priority(detect):
     client, qname, settings = detect
     app = sender_app(settings.broker)
     depth = depth_probe(app, qname)
     assert depth() == 0  # a queue that does not exist yet is empty, not an error
     for i in range(3):
         enqueue_image(app, SourceRef(bucket="b", key=f"{i}.jpg"))
-    for i in range(2):  # kombu keeps these in another Redis list, one per priority step
+    for i in range(2):  # one priority step (workers.messages.PRIORITY_STEPS): the same Redis list
         app.send_task(DETECT_TASK, args=[{"bucket": "b", "key": f"p{i}.jpg"}], priority=9)
-    assert client.llen(qname) == 3
+    assert client.llen(qname) == 5
     assert depth() == 5
 
 

@@ -348,3 +348,30 @@ def test_the_listener_stops_receiving_while_the_detect_queue_is_too_deep(sqs, qu
     # Then: once the queue drains, the event is received and enqueued
     client.delete(qname)
     wait_until(lambda: listener.poll_once() is not None and listener.stats.enqueued == 1, timeout=30, what="enqueued")
+
+
+def test_the_depth_is_read_again_only_after_pause_poll_s_or_when_own_enqueues_could_cross_the_limit(
+        sqs, queue, redis_server, detect_queue):
+    """One depth probe per SQS receive was ~12 Redis commands; now the listener re-reads it every
+    pause_poll_s, or sooner once what it enqueued since the last reading could reach the limit."""
+    _, qname = detect_queue
+    reads, depth, clock = [], [0], [100.0]
+
+    def probe() -> int:
+        reads.append(clock[0])
+        return depth[0]
+
+    listener = Listener(sqs=sqs, queue_url=queue, app=_app(redis_server, qname), keys=KEYS, wait_time_s=0,
+                        depth=probe, max_queue_depth=5, pause_poll_s=0.05, clock=lambda: clock[0])
+    for i in range(3):  # 3 images, well below the limit of 5: one reading
+        sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", f"a{i}.jpg"))
+        wait_until(lambda: listener.poll_once() == 1, timeout=30, what="one image enqueued")
+    assert reads == [100.0] and listener.stats.enqueued == 3
+    sqs.send_message(QueueUrl=queue, MessageBody=_event("cams", "b0.jpg", "b1.jpg", "b2.jpg"))
+    wait_until(lambda: listener.poll_once() == 3, timeout=30, what="three images enqueued")  # 0 + 3 <= 5: no read
+    assert reads == [100.0]
+    depth[0] = 6  # 0 + 6 enqueued since > 5: the next poll reads the depth, finds it too deep and pauses
+    assert listener.poll_once() == 0 and reads == [100.0, 100.0] and listener.stats.paused == 1
+    depth[0] = 0
+    clock[0] += 0.1  # past pause_poll_s: read again, and receive
+    assert listener.poll_once() == 0 and reads == [100.0, 100.0, 100.1] and listener.stats.paused == 1

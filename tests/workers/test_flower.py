@@ -65,3 +65,28 @@ def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
     handler.application.workers = {}
     assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect", "train"]
     assert flower_command(FLOWER)[1:3] == ["-m", "workers.flower_server"]
+
+
+def test_without_task_events_flower_is_told_not_to_switch_them_on_and_parses_that():
+    """worker.task_events false (the default): Flower would broadcast enable_events every few seconds
+    and turn the workers' task events back on; vehicle-flower passes --enable_events=False."""
+    from flower.options import options
+
+    off = flower_command(FLOWER, task_events=False)
+    assert "--enable_events=False" in off and "--enable_events=False" not in flower_command(FLOWER)
+    before = options.enable_events
+    try:
+        options.parse_command_line(["flower", "--enable_events=False"], final=False)
+        assert options.enable_events is False
+    finally:
+        options.enable_events = before
+
+
+def test_task_events_follow_the_setting_and_are_off_by_default():
+    from vehicle_core.config import load_settings
+    from workers.app import celery_config
+
+    default = celery_config(load_settings(env={}))
+    assert default["worker_send_task_events"] is False and default["task_send_sent_event"] is False
+    on = celery_config(load_settings(env={"VP_WORKER__TASK_EVENTS": "true"}))
+    assert on["worker_send_task_events"] is True and on["task_send_sent_event"] is True

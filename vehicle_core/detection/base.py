@@ -99,7 +99,12 @@ DETECTOR_REGISTRY.register_lazy("detectron2", "vehicle_core.detection.detectron2
 
 
 def build_detector(settings: DetectorSettings, storage: StorageSettings) -> Detector:
-    """Build the backend ``settings.backend`` names, weights loaded, ready to ``detect``."""
+    """Build the backend ``settings.backend`` names, weights loaded, ready to ``detect``. A
+    ``fake://`` model is the fixed-cost stand-in of vehicle_core/fake_models.py, whatever the backend."""
+    from vehicle_core.fake_models import FakeDetector, is_fake
+
+    if is_fake(settings.model):
+        return FakeDetector(settings)
     return DETECTOR_REGISTRY.get(settings.backend)(settings, storage)
 
 

@@ -99,8 +99,11 @@ def _lr(max_lr: float, progress: float, warmup: float) -> float:
     return max_lr * 0.5 * (1 + np.cos(np.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
-def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | None = None, max_lr: float = 2e-3):
-    """(cfg, trained model in eval mode, steps run). ``init``: an artifact to continue from.
+def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | None = None, max_lr: float = 2e-3,
+          cfg=None, scene: dict | None = None):
+    """(cfg, trained model in eval mode, steps run). ``init``: an artifact to continue from. ``cfg``:
+    another detectron2 config than :func:`small_cfg` (e.g. the card's R101-FPN, devstack/gpu_check.py);
+    ``scene``: ``make_scene`` arguments other than ``SCENE``.
 
     The learning rate follows whichever budget, steps or minutes, is nearer its end, so that a run cut
     short by the clock (a busy shared CPU) still ends annealed."""
@@ -108,7 +111,8 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | No
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = small_cfg()
+    cfg = cfg if cfg is not None else small_cfg()
+    scene = scene or SCENE
     classes = coco_thing_classes()
     model = build_model(cfg)
     if init is not None:
@@ -121,7 +125,7 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | No
         while (progress := max(step / steps, (time.monotonic() - start) / (minutes * 60))) < 1:
             for group in opt.param_groups:
                 group["lr"] = _lr(max_lr, progress, warmup=0.0 if init else 0.05)
-            losses = model([_input(make_scene(rng, **SCENE), classes) for _ in range(batch)])
+            losses = model([_input(make_scene(rng, **scene), classes) for _ in range(batch)])
             loss = sum(losses.values())
             opt.zero_grad()
             loss.backward()
