@@ -38,7 +38,7 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
 # uid 1001 owns its home and the cache the models volume mounts on (a volume mounted on a path the image
 # has takes that path's owner; on a missing one Docker makes it root's).
 RUN useradd --create-home --uid 1001 --user-group vehicle \
- && install -d -o 1001 -g 1001 /home/vehicle/.cache/vehicle-pipeline /app
+ && install -d -o 1001 -g 1001 /home/vehicle/.cache /home/vehicle/.cache/vehicle-pipeline /app
 
 # ---- s3-emulator: moto's S3+SQS server, for single-host compose and the image check (not for AWS) ----
 FROM os AS s3-emulator
@@ -75,9 +75,11 @@ ARG DETECTRON2_SOURCE="git+https://github.com/facebookresearch/detectron2.git@${
 RUN set -eu; \
     case "$VARIANT" in \
       cuda) pip install "nvidia-cuda-nvcc==${CUDA_VERSION}.*" "nvidia-cuda-crt==${CUDA_VERSION}.*" \
-                        "nvidia-cuda-cccl==${CUDA_VERSION}.*"; \
+                        "nvidia-cuda-cccl==${CUDA_VERSION}.*" "nvidia-nvvm==${CUDA_VERSION}.*"; \
             CUDA_HOME="$(python -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"; \
+            # the toolkit's layout that nvcc.profile and torch expect: lib64/, targets/x86_64-linux/, libcudart.so
             ln -sfn lib "$CUDA_HOME/lib64"; ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"; \
+            mkdir -p "$CUDA_HOME/targets"; ln -sfn .. "$CUDA_HOME/targets/x86_64-linux"; \
             MAX_JOBS=$(nproc); export CUDA_HOME FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST MAX_JOBS; \
             "$CUDA_HOME/bin/nvcc" --version ;; \
       cpu)  export FORCE_CUDA=0 ;; \

@@ -216,7 +216,8 @@ def test_the_models_volume_path_is_made_and_owned_by_the_images_user():
     mounts = {v.split(":")[1] for n in ("init", "producer", "detect-worker") for v in services[n]["volumes"]}
     assert mounts == {"/home/vehicle/.cache/vehicle-pipeline"}
     os_stage = _stages()["os"]
-    assert re.search(r"install -d -o 1001 -g 1001 [^\n]*/home/vehicle/\.cache/vehicle-pipeline", os_stage)
+    made = re.search(r"install -d -o 1001 -g 1001 ([^\n]*)", os_stage).group(1).split()
+    assert {"/home/vehicle/.cache", "/home/vehicle/.cache/vehicle-pipeline"} <= set(made)  # parent too
     assert "useradd --create-home --uid 1001" in os_stage and "USER 1001" in _stages()["serve"]
 
 
@@ -495,8 +496,12 @@ def test_the_image_builds_and_the_compose_services_classify_uploads_from_it(tmp_
                    "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
             s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], aws_access_key_id="test",
                               aws_secret_access_key="test", region_name="us-east-1")
-            pointer = json.loads(s3.get_object(Bucket=BUCKET, Key="models/classifier/current.json")["Body"].read())
-            assert pointer, pointer
+            from vehicle_core.registry import pointer_uri
+
+            pointer_key = pointer_uri("s3://vehicle-images/models/classifier").split(f"s3://{BUCKET}/", 1)[1]
+            pointer = json.loads(s3.get_object(Bucket=BUCKET, Key=pointer_key)["Body"].read())
+            assert pointer["version"] == "test-0", pointer  # the seed artifact (tests/fixtures_models.py)
+            assert "Permission denied" not in init.log(10**6)  # uid 1001 writes its cache and the volume
 
             # 5. producer, workers, Flower, each with its compose command and environment
             test_env = {  # the image's R101 zoo checkpoint needs the internet: the packaged Detectron2 model
