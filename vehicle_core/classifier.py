@@ -221,9 +221,11 @@ def _artifact_dir(path: Path) -> Path:
         # Unpack next to a stable name so repeated loads of one archive reuse the same directory.
         target = path.with_name(path.name.removesuffix(".tar.gz").removesuffix(".tgz") + ".unpacked")
         if not (target / MANIFEST_FILE).is_file():
+            from vehicle_core.safe_tar import extract_data
+
             tmp = Path(tempfile.mkdtemp(dir=path.parent))
             with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")  # 'data' refuses absolute paths and links out of tmp
+                extract_data(tar, tmp)  # refuses absolute paths and links out of tmp (vehicle_core/safe_tar.py)
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
         return target

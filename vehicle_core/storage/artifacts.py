@@ -119,12 +119,14 @@ def _extract_if_archive(archive: Path, out: Path) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    from vehicle_core.safe_tar import extract_data
+
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=out.parent))
     try:
         with tarfile.open(archive, "r:gz") as tar:
             try:
-                tar.extractall(tmp, filter="data")  # refuses traversal, absolute paths, devices
-            except (tarfile.FilterError, tarfile.TarError) as exc:
+                extract_data(tar, tmp)  # refuses traversal, absolute paths, devices (vehicle_core/safe_tar.py)
+            except tarfile.TarError as exc:  # tarfile.FilterError is one
                 raise ModelLoadError(f"{archive}: unsafe or corrupt archive ({exc}); rebuild it") from exc
         with contextlib.suppress(OSError):
             os.rename(tmp, out)
