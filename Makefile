@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-enqueue install quickstart detectron2
+.PHONY: demo test lint bench bench-enqueue install quickstart detectron2 image-check
 
 # Detectron2 is not on PyPI. Where the vendored source (shared/ beside the clone, as in CI) is present,
 # the install builds it once into a wheel cached per commit, torch and Python version, and installs that
@@ -60,13 +60,21 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/hadolint Dockerfile.gpu
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 ## The training loop end to end on a loopback S3 (moto): synthetic data -> train -> evaluate -> publish.
 ## The report lands in quickstart-out/report/ (report.md, confusion.png, misclassified/).
 quickstart: $(BIN)/.installed
 	$(BIN)/python -m devstack.quickstart --bucket quickstart --out quickstart-out $(ARGS)
+
+## Build the image's targets with buildah (base from Debian's packages, VARIANT=cpu) and run every compose
+## service from them on loopback: uploads classified, a stopped worker's buffered batch not lost
+## (tests/deploy/test_image.py; root; installs buildah and debootstrap when missing; layers stay cached).
+image-check: $(BIN)/.installed
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null; }
+	VP_IMAGE_CHECK=1 $(BIN)/python -m pytest tests/deploy -m image -v -s -p no:cacheprovider $(ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m vehicle_core.bench $(ARGS)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from vehicle_core.cli_errors import add_version
 from vehicle_core.config import load_settings
 from vehicle_core.errors import VehiclePipelineError
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vehicle-train", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="settings YAML (default: $VP_CONFIG, then the built-in defaults)")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="text (default) or json lines")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("make-synthetic", help="write a labelled synthetic dataset (crops, or --scenes N)")

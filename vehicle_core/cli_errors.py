@@ -22,8 +22,29 @@ RUNTIME = 1
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def project_version() -> str:
+    """The installed vehicle-pipeline's version (pyproject.toml's), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vehicle-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``PROG VERSION`` and exits 0 (every command line of the project has it)."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {project_version()}")
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump) and exit with status 2."""
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with status 2; a command's
+    own parser (not its subcommands', whose prog has a space) answers ``--version``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if " " not in self.prog:
+            add_version(self)
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

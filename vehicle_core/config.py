@@ -309,12 +309,26 @@ def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == "VP_CONFIG":
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: cannot parse {text!r}: {exc}") from exc
-        out.setdefault(section, {})[key] = value
+        out.setdefault(section, {})[key] = _env_value(name, section, key, text)
     return out
+
+
+def _env_value(name: str, section: str, key: str, text: str) -> Any:
+    """A ``VP_*`` value parsed as its setting's type: YAML for lists, numbers and booleans, but the text
+    itself for a string setting, so YAML 1.1's booleans (``off``, ``on``, ``yes``, ``no``) and numbers
+    stay the string they were written as (``VP_TRAINING__MIXED_PRECISION=off`` is ``"off"``)."""
+    if text == "":
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: cannot parse {text!r}: {exc}") from exc
+    section_cls = typing.get_type_hints(Settings).get(section)
+    hint = typing.get_type_hints(section_cls).get(key) if dataclasses.is_dataclass(section_cls) else None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if str in options and value is not None and not isinstance(value, str):
+        return text.strip()
+    return value
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], *, origin: str, sources: dict[str, str]) -> None:

@@ -53,6 +53,20 @@ class Summary:
         for role, info in sorted((document.get("models") or {}).items()):
             self.models[f"{role} {info.get('name')} {info.get('version')}"] += 1
 
+    def to_dict(self) -> dict[str, Any]:
+        """The same counts as plain data (``vehicle-results summary --format json``): counters as
+        {name: count}, most common first; the histogram as [{"from", "to", "count"}]."""
+        return {
+            "results": self.documents,
+            "status": dict(self.statuses.most_common()),
+            "primary_label": dict(self.primary_labels.most_common()),
+            "label": dict(self.labels.most_common()),
+            "error_code": dict(self.errors.most_common()),
+            "models": dict(self.models.most_common()),
+            "confidence": [{"from": i / HISTOGRAM_BINS, "to": (i + 1) / HISTOGRAM_BINS, "count": n}
+                           for i, n in enumerate(self.confidence_bins)],
+        }
+
     def format(self) -> str:
         """A plain-text report: tables and a bar chart a terminal shows as is."""
         lines = [f"results: {self.documents}"]

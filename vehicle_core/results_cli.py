@@ -1,6 +1,7 @@
 """vehicle-results: look at result documents already in S3.
 
     vehicle-results summary s3://bucket/results/              counts by status, label, error code; models
+    vehicle-results summary s3://bucket/results/ --format json       the same as one JSON object
     vehicle-results export s3://bucket/results/ --format csv --out results.csv      one row per vehicle
     vehicle-results gallery s3://bucket/results/ --limit 50 --out gallery.html      annotated thumbnails
 
@@ -11,6 +12,7 @@ chain. Exit status 0 on success, 2 for a usage problem, 1 when S3 cannot be read
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +43,9 @@ def _summary(args, store, settings) -> int:
     summary = Summary()
     for _, document in iter_result_documents(store, bucket, prefix, args.limit):
         summary.add(document)
+    if args.format == "json":
+        print(json.dumps({"uri": f"s3://{bucket}/{prefix}", **summary.to_dict()}, indent=2))
+        return 0
     print(f"s3://{bucket}/{prefix}")
     print(summary.format())
     return 0
@@ -100,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("summary", _summary, "counts by status, label and error code, a confidence histogram, the models")
+    summary = command("summary", _summary, "counts by status, label and error code, a confidence histogram, the models")
+    summary.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
     export = command("export", _export, "one row per vehicle (and per result without one) as CSV or Parquet")
     export.add_argument("--format", choices=("csv", "parquet"), default="csv")
     export.add_argument("--out", help="file to write (default: results.csv / results.parquet)")

@@ -1,6 +1,12 @@
 """Worker logs: ``logs.format`` (``VP_LOGS__FORMAT=json``) for Celery's handlers, and every line a
 task logs tagged with its task id, and the bucket and key of its image when its argument names one.
 
+Batched tasks (celery-batches: detect, classify) run one call for many requests under the batch's own
+id, whose argument names no image. For them :func:`bind_task` also indexes the batch's images, and
+:class:`ImageFilter` gives a line that names one of them (its ``s3://`` URI, or its key, as in the
+result's URI) that image's request id as ``task_id``, its ``bucket`` and ``key``, and the batch id as
+``batch_id``: every line about one image can be found by its key or its task id.
+
 Connected to Celery's signals on import (``workers.metrics`` imports this module, and the task
 module imports that): ``after_setup_logger`` / ``after_setup_task_logger`` give Celery's handlers
 our formatter; ``task_prerun`` / ``task_postrun`` bind and unbind the task's log context.
@@ -8,11 +14,14 @@ our formatter; ``task_prerun`` / ``task_postrun`` bind and unbind the task's log
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from vehicle_core.logs import apply_format, log_context
 
 _open: dict[str, Any] = {}  # task id -> its entered log_context (exited at task_postrun)
+# batch id -> {(bucket, key): request id} of the batch this process runs (celery-batches' requests)
+_batches: dict[str, dict[tuple[str, str], str]] = {}
 
 
 def task_fields(task_id: str | None, args: Any) -> dict[str, Any]:
@@ -27,18 +36,73 @@ def task_fields(task_id: str | None, args: Any) -> dict[str, Any]:
     return fields
 
 
+def batch_images(args: Any) -> dict[tuple[str, str], str]:
+    """``{(bucket, key): request id}`` of a celery-batches call's requests (its one argument is the list
+    of SimpleRequests); empty for any other task."""
+    first = args[0] if isinstance(args, list | tuple) and args else None
+    if not isinstance(first, list | tuple):
+        return {}
+    images = {}
+    for request in first:
+        fields = task_fields(getattr(request, "id", None), getattr(request, "args", None))
+        if "key" in fields and fields["task_id"]:
+            images[(fields["bucket"], fields["key"])] = fields["task_id"]
+    return images
+
+
 def bind_task(task_id: str | None, args: Any) -> None:
     """Enter the task's log context (task_prerun)."""
     context = log_context(**task_fields(task_id, args))
     context.__enter__()
     _open[task_id or ""] = context
+    images = batch_images(args)
+    if images:
+        _batches[task_id or ""] = images
 
 
 def unbind_task(task_id: str | None) -> None:
     """Leave it (task_postrun; also after a failure)."""
+    _batches.pop(task_id or "", None)
     context = _open.pop(task_id or "", None)
     if context is not None:
         context.__exit__(None, None, None)
+
+
+def image_fields(message: str, batch_id: str, images: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """The fields of the batch's image that ``message`` names: its URI first, else its key (the longest
+    that matches, so ``a/b.jpg`` is not taken for ``b.jpg``); {} when it names none."""
+    for (bucket, key), request_id in images.items():
+        if f"s3://{bucket}/{key}" in message:
+            return {"task_id": request_id, "bucket": bucket, "key": key, "batch_id": batch_id}
+    named = [(len(key), bucket, key, rid) for (bucket, key), rid in images.items() if key in message]
+    if named:
+        _, bucket, key, request_id = max(named)
+        return {"task_id": request_id, "bucket": bucket, "key": key, "batch_id": batch_id}
+    return {}
+
+
+class ImageFilter(logging.Filter):
+    """Inside a batched task, tags a line about one image with that image's fields (see the module
+    docstring). Runs after vehicle_core.logs.ContextFilter on the same handler; never filters out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = getattr(record, "context", None)
+        batch_id = (context or {}).get("task_id")
+        images = _batches.get(batch_id or "")
+        if images:
+            try:
+                fields = image_fields(record.getMessage(), batch_id, images)
+            except Exception:  # noqa: BLE001 - a log line that cannot be formatted is logging's to report
+                fields = {}
+            if fields:
+                record.context = {**context, **fields}
+        return True
+
+
+def add_image_filter(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        if not any(isinstance(f, ImageFilter) for f in handler.filters):
+            handler.addFilter(ImageFilter())
 
 
 def _connect() -> None:
@@ -49,6 +113,7 @@ def _connect() -> None:
 
         if logger is not None:
             apply_format(list(logger.handlers), load_settings().logs.format)
+            add_image_filter(list(logger.handlers))
 
     after_setup_logger.connect(formats, weak=False)
     after_setup_task_logger.connect(formats, weak=False)

@@ -54,9 +54,12 @@ def test_init_wires_the_bucket_with_setup_bucket_and_seeds_an_empty_registry():
     assert queue_url.endswith("/vehicle-images")
 
 
-def test_classify_worker_grows_gpu_memory_and_workers_export_one_endpoint_per_node():
+def test_train_worker_grows_gpu_memory_and_workers_export_one_endpoint_per_node():
     services = _compose()["services"]
-    assert services["classify-worker"]["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    # the classify worker serves on Keras's torch backend (the image's serve target has no TensorFlow);
+    # the train worker, on TensorFlow, still grows its GPU memory
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in services["classify-worker"]["environment"]
+    assert services["train-worker"]["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     for name in ("detect-worker", "classify-worker"):
         assert services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"] in services[name]["tmpfs"]
 

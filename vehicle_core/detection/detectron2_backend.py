@@ -18,7 +18,7 @@
   which also turns a zoo ``.pkl`` into a pickle-free artifact (download it where there is internet).
 
 detectron2 is imported only when this backend is built. It is not on PyPI: ``make install`` builds it
-from the vendored source when present, ``Dockerfile.gpu`` with CUDA. Unlike ``DefaultPredictor`` (one
+from the vendored source when present, ``Dockerfile`` with CUDA. Unlike ``DefaultPredictor`` (one
 image per call), :meth:`Detectron2Detector.detect` runs ``detector.batch_size`` images per forward pass.
 """
 
@@ -44,7 +44,7 @@ DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 INSTALL_HINT = (
     "detectron2 is not installed; it is not on PyPI: `make install` builds it when the vendored source "
     "../shared/vendor/detectron2-02b5c4e2.tar.gz is present, elsewhere build it from source as "
-    "Dockerfile.gpu does: pip install 'setuptools<81' && pip install --no-build-isolation "
+    "Dockerfile does: pip install 'setuptools<81' && pip install --no-build-isolation "
     f"'git+https://github.com/facebookresearch/detectron2.git@{DETECTRON2_COMMIT}' "
     "(torch must be installed first); or use detector.backend=torchvision"
 )
