@@ -77,8 +77,8 @@ image-check: $(BIN)/.installed
 	VP_IMAGE_CHECK=1 $(BIN)/python -m pytest tests/deploy -m image -v -s -p no:cacheprovider $(ARGS)
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m vehicle_core.bench $(ARGS)
+	$(BIN)/python -m devstack.bench $(ARGS)
 
 ## Enqueue throughput into a throwaway redis-server: one message per round trip vs batched (ARGS=--keys N).
 bench-enqueue: $(BIN)/.installed
-	$(BIN)/python -m producer.bench_enqueue --start-redis $(ARGS)
+	$(BIN)/python -m devstack.bench enqueue $(ARGS)

@@ -266,7 +266,7 @@ def dataset_roots(spec: SweepSpec, settings: Settings, out: str | Path, *, creat
                 raise ValueError(f"the sweep's synthetic data is not written yet ({done} missing): "
                                  "the sweep command writes it before sending trials")
             from training.crops import crop_dataset
-            from training.synthetic_datasets import write_scene_dataset
+            from training.synthetic.datasets import write_scene_dataset
 
             write_scene_dataset(scenes, store, n=int(synth.get("scenes", 240)), seed=int(synth.get("seed", 3)))
             rows = crop_dataset(scenes, crops, settings, use_ground_truth=bool(synth.get("ground_truth")))

@@ -1,7 +1,7 @@
 """How work is sent: the tasks' registered names, their queues, and the chain per image (no ML import).
 
 One image travels as ``chain(detect_crop.s(source), classify.s())``: the detect task's argument is a
-:class:`~vehicle_core.results.SourceRef` as a dict, the classify task's a
+:class:`~vehicle_core.results.contract.SourceRef` as a dict, the classify task's a
 :class:`~vehicle_core.messages.CropSet` message (both codecs live in ``vehicle_core.messages``). The
 producer imports only this module (plus Celery itself) to enqueue work; it sends by task *name*, so
 it never imports ``workers.tasks`` and the model code behind it.
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from vehicle_core.config import BrokerSettings
-    from vehicle_core.results import SourceRef
+    from vehicle_core.results.contract import SourceRef
 
 #: Registered names of the two tasks (workers/tasks.py registers them under these names).
 DETECT_TASK = "workers.tasks.detect_crop"

@@ -32,7 +32,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from vehicle_core.results import ImageResult, ModelInfo, SourceRef
+from vehicle_core.results.contract import ImageResult, ModelInfo, SourceRef
 
 log = logging.getLogger(__name__)
 

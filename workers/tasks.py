@@ -44,7 +44,7 @@ from vehicle_core.errors import (
     is_out_of_memory,
 )
 from vehicle_core.messages import CropSet
-from vehicle_core.results import ImageResult, SourceRef
+from vehicle_core.results.contract import ImageResult, SourceRef
 from workers import batching, dead_letters, metrics, result_writer
 from workers.app import app
 from workers.holders import Holders

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from vehicle_core.errors import ConfigError
-from vehicle_core.results import Detection, ModelInfo
+from vehicle_core.results.contract import Detection, ModelInfo
 
 if TYPE_CHECKING:
     from vehicle_core.config import DetectorSettings, StorageSettings
