@@ -53,7 +53,9 @@ def type_name(hint: Any) -> str:
 
 def yaml_value(value: Any) -> str:
     """A value as it is written in YAML (flow style): ``null``, ``true``, ``0.5``, ``[car, bus]``, ``'off'``."""
-    return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+    if isinstance(value, list):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return yaml.safe_dump(value, width=10**6).removesuffix("\n...\n").strip()
 
 
 def _cell(text: str) -> str:
