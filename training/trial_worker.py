@@ -7,7 +7,9 @@ command (:mod:`training.remote_sweep`) sends one ``train_trial`` task per unfini
 the answers from S3. A task names the spec (``s3://…/spec.yaml``), the trial id and the sweep's
 ``s3://`` prefix; the worker trains the trial in a local folder, uploads its run directory to
 ``OUT/trials/<id>/run/`` and writes ``OUT/trials/<id>/result.json`` last (or ``error.json`` when the
-trial cannot run: a bad setting, a missing dataset), so every trial sent gets an answer.
+trial cannot run: a bad setting, a missing dataset), so every trial sent gets an answer. The task's
+name, its route and the answers' layout are in :mod:`training.train_queue`; the app is built (settings
+read, ``train_trial`` registered) on first access to ``app``, never at import.
 
 Reliability, for tasks that run for minutes to hours:
 

@@ -19,6 +19,10 @@ An image whose result already answers its ETag ends the chain at ``detect_crop``
 ``classify``). Bad input never retries: it travels as an error CropSet and becomes an ``error``
 result. Transient storage errors retry with exponential backoff; once retries are exhausted an error
 result is written (``result_writer.write_error_result``) so the key is not silently lost.
+
+Importing this module builds no app and reads no settings: the tasks join the worker's app
+(``workers.app.app``, whose ``conf.include`` names this module) when that app is finalized, with
+options from its settings (:func:`register`); a worker imports this module, then finalizes its app.
 """
 
 from __future__ import annotations
