@@ -410,7 +410,7 @@ def _resolve_model(settings: ClassifierSettings, storage: StorageSettings, sha25
     if settings.model:
         return _local(settings.model, sha256, storage=storage)
     if settings.registry:
-        from vehicle_core.registry import current_artifact
+        from vehicle_core.registry_pointer import current_artifact
 
         return _local(*current_artifact(settings.registry, storage), storage=storage)
     demo = Path(storage.cache_dir).expanduser() / DEMO_CACHE_NAME

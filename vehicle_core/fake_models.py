@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from vehicle_core.detection.base import BatchedDetector
+from vehicle_core.detection.batched import BatchedDetector
 from vehicle_core.errors import ConfigError
 from vehicle_core.results.contract import Classification, Detection, ModelInfo
 

@@ -23,8 +23,6 @@ DETECT_TASK = "workers.tasks.detect_crop"
 CLASSIFY_TASK = "workers.tasks.classify"
 #: ``vehicle-train crop`` on the detect workers: one chunk of a training dataset (workers/dataset_crops.py).
 CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
-#: ``vehicle-train sweep --via celery``: one trial, trained by a train worker (training/trial_worker.py).
-TRAIN_TRIAL_TASK = "training.trial_worker.train_trial"
 
 
 #: kombu's Redis transport keeps one list per priority step of a queue (by default four: 0, 3, 6, 9)
@@ -41,10 +39,10 @@ def transport_options(broker: BrokerSettings) -> dict:
 
 
 def task_routes(broker: BrokerSettings) -> dict[str, dict[str, str]]:
-    """Which queue each task goes to: detect-side tasks (PyTorch), classify (TensorFlow), sweep trials."""
+    """Which queue each task goes to: detect-side tasks (PyTorch), classify (TensorFlow). (The train
+    queue's task and route are training's: training/train_queue.py.)"""
     detect = {"queue": broker.detect_queue}
-    return {DETECT_TASK: detect, CROP_CHUNK_TASK: detect, CLASSIFY_TASK: {"queue": broker.classify_queue},
-            TRAIN_TRIAL_TASK: {"queue": broker.train_queue}}
+    return {DETECT_TASK: detect, CROP_CHUNK_TASK: detect, CLASSIFY_TASK: {"queue": broker.classify_queue}}
 
 
 def sender_app(broker: BrokerSettings) -> Celery:
