@@ -9,150 +9,29 @@ queue (concurrency 1 each), uploads synthetic images plus a few corrupt files th
 every result, prints them with the accuracy and writes a gallery page of them. ``--stay-up`` keeps
 everything running until Ctrl-C and prints the S3 endpoint and credentials for uploads of your own.
 
-The process helpers here (:func:`start_process`, :func:`stop_process`, :func:`wait_until`, the
-command lines) are shared with the integration tests, so the demo and the tests run the same stack.
+The stack itself (command lines, environment, start and stop) is devstack/stack.py and the process
+helpers devstack/processes.py, shared with the benchmarks and the integration tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from devstack.processes import DeadlineExceeded, wait_until
+from devstack.stack import Stack, start_stack, stop_stack
 from vehicle_core.config import mask_secret
 from workers.flower import DEMO_CREDENTIALS
 
 log = logging.getLogger("vehicle-demo")
-T = TypeVar("T")
-
-
-class DeadlineExceeded(TimeoutError):
-    """A condition did not come true before its deadline."""
-
-
-def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25,
-               progress: Callable[[], str] | None = None) -> T:
-    """Poll ``condition`` until it returns something truthy; raise :class:`DeadlineExceeded` after ``timeout``.
-
-    This waits on a condition with a deadline; the interval only bounds how often it is checked.
-    """
-    deadline = time.monotonic() + timeout
-    last_report = 0.0
-    while True:
-        value = condition()
-        if value:
-            return value
-        now = time.monotonic()
-        if now >= deadline:
-            raise DeadlineExceeded(f"timed out after {timeout:.0f}s waiting for {what}")
-        if progress and now - last_report >= 5.0:
-            log.info("%s ...", progress())
-            last_report = now
-        time.sleep(min(interval, max(0.0, deadline - now)))
-
-
-@dataclass
-class Process:
-    """A child process started in its own session (so its whole group can be signalled)."""
-
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-
-def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Process:
-    """Start ``argv`` with its output in ``log_dir/name.log``."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    out = open(log_path, "ab")  # noqa: SIM115 (owned by the child for its lifetime)
-    popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
-    out.close()
-    log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
-    return Process(name, popen, log_path)
-
-
-def stop_process(proc: Process, *, timeout: float = 30.0) -> int | None:
-    """SIGTERM the process group (Celery: warm shutdown), then SIGKILL it if it outlives ``timeout``."""
-    if proc.alive():
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            return proc.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs: killing it", proc.name, timeout)
-    kill_process(proc)
-    return proc.popen.returncode
-
-
-def kill_process(proc: Process) -> None:
-    """SIGKILL the process and its children (a crash, as far as Celery and Redis can tell)."""
-    _signal_group(proc, signal.SIGKILL)
-    proc.popen.wait(30)
-
-
-def _signal_group(proc: Process, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # our own child's group: start_new_session made pgid == pid
-    except ProcessLookupError:
-        pass
-
-
-def worker_argv(queue: str, name: str, *, concurrency: int = 1) -> list[str]:
-    """The documented worker command line, run with this interpreter (prefetch per workers.batching)."""
-    from vehicle_core.config import load_settings
-    from workers.batching import prefetch_for
-
-    settings = load_settings()
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-c", str(concurrency),
-            "-n", name, f"--prefetch-multiplier={prefetch_for(queue, settings)}", "--loglevel=INFO",
-            "--without-gossip", "--without-mingle"]
-
-
-def producer_argv(queue_url: str) -> list[str]:
-    return [sys.executable, "-m", "producer.cli", "listen", "--queue-url", queue_url]
-
-
-def flower_argv(port: int) -> list[str]:
-    """``vehicle-flower`` as the README runs it (credentials from VP_FLOWER__BASIC_AUTH, loopback only)."""
-    return [sys.executable, "-m", "workers.flower", f"--port={port}", "--demo"]
-
-
-def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of every stack process: our settings as VP_* variables plus the AWS endpoint."""
-    env = dict(os.environ)  # the user's VP_* settings reach every process (the stack's own come after)
-    env.update(aws)
-    env.update({"VP_BROKER__URL": broker_url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
-    env.update(extra or {})
-    return env
-
-
-def worker_ready(app, name: str) -> bool:
-    """True once worker ``name`` answers a broadcast ping."""
-    replies = app.control.ping(destination=[name], timeout=1.0) or []
-    return any(name in reply for reply in replies)
-
-
 @dataclass
 class Row:
     key: str
@@ -161,79 +40,11 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Stack:
-    """The running demo: servers, processes and the clients to talk to them."""
-
-    s3: Any
-    bucket: str
-    queue_url: str
-    broker_url: str
-    flower_url: str
-    env: dict[str, str] = field(default_factory=dict, repr=False)  # of every stack process
-    log_dir: Path | None = None
-    processes: list[Process] = field(default_factory=list)
-
-    def check_alive(self) -> None:
-        for proc in self.processes:
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-
-
-def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: int, basic_auth: str,
-                bucket: str = "vehicle-demo", extra_env: dict[str, str] | None = None) -> Stack:
-    """Wire S3 -> SQS, then start Flower, the producer and one worker per queue; wait until they are up."""
-    import boto3
-
-    from devstack.servers import wire_bucket_notifications
-    from workers.messages import sender_app
-
-    broker_url, aws = stack_servers
-    session = boto3.Session(aws_access_key_id=aws.get("AWS_ACCESS_KEY_ID"),
-                            aws_secret_access_key=aws.get("AWS_SECRET_ACCESS_KEY"),
-                            region_name=aws.get("AWS_DEFAULT_REGION", "us-east-1"))
-    s3 = session.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"])
-    sqs = session.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"])
-    s3.create_bucket(Bucket=bucket)
-    queue_url = wire_bucket_notifications(s3, sqs, bucket, f"{bucket}-events")
-    env = stack_env(broker_url=broker_url, aws=aws, extra={
-        "VP_CLASSIFIER__MODEL": str(classifier), "VP_PRODUCER__WAIT_TIME_S": "2",
-        "VP_FLOWER__BASIC_AUTH": basic_auth, "VP_FLOWER__ADDRESS": "127.0.0.1",
-        # The demo shows Flower's task list: task events on (off by default, workers/app.py).
-        "VP_WORKER__TASK_EVENTS": "true", **(extra_env or {})})
-    stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
-                  flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
-    root = Path(__file__).resolve().parents[1]
-    for name, argv in (
-        ("detect-worker", worker_argv("detect", "detect@demo")),
-        ("classify-worker", worker_argv("classify", "classify@demo")),
-        ("producer", producer_argv(queue_url)),
-        ("flower", flower_argv(flower_port)),
-    ):
-        stack.processes.append(start_process(name, argv, env, log_dir, cwd=root))
-    app = sender_app(_broker_settings(broker_url))
-    for name in ("detect@demo", "classify@demo"):
-        wait_until(lambda n=name: stack.check_alive() or worker_ready(app, n), timeout=180, what=f"worker {name}")
-    return stack
-
-
-def stop_stack(stack: Stack) -> None:
-    """Producer first (stop feeding), then workers (warm shutdown finishes their task), then Flower."""
-    for proc in sorted(stack.processes, key=lambda p: ("producer", "detect", "classify", "flower").index(p.name.split("-")[0])):
-        stop_process(proc)
-
-
-def _broker_settings(broker_url: str):
-    from vehicle_core.config import load_settings
-
-    return load_settings(env={"VP_BROKER__URL": broker_url}).broker
-
-
 def demo_images(count: int, seed: int) -> list[tuple[str, bytes, str | None]]:
     """(key, bytes, expected label) of synthetic scenes, plus two corrupt files (expected None)."""
     import numpy as np
 
-    from vehicle_core.synthetic import encode, make_scene
+    from training.synthetic.scenes import encode, make_scene
 
     rng = np.random.default_rng(seed)
     out = []
@@ -286,7 +97,7 @@ def write_demo_gallery(uploads: list[tuple[str, bytes, str | None]], results: di
     """The results gallery (HTML, annotated thumbnails inline) of the demo's uploads; returns its path.
 
     The uploaded files land next to it (``incoming/``), to try ``vehicle-classify --draw`` on."""
-    from vehicle_core.gallery import gallery_item, write_gallery
+    from vehicle_core.reports.gallery import gallery_item, write_gallery
 
     for key, data, _ in uploads:
         path = out.parent / key
@@ -415,7 +226,7 @@ def _endpoint(server: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vehicle_core.cli_errors import configure_logging, report
+    from vehicle_core.cli.errors import configure_logging, report
 
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -453,7 +264,7 @@ are printed so that you can upload images of your own."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vehicle_core.cli_errors import OneLineParser, log_level
+    from vehicle_core.cli.errors import OneLineParser, log_level
 
     parser = OneLineParser(prog="vehicle-demo", description=DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

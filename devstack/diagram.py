@@ -3,8 +3,8 @@
     python -m devstack.diagram docs/img/architecture.png
 
 Boxes are the processes and stores a deployment runs; arrows are the messages between them. The
-queue names and which task goes to which queue come from ``workers.messages.task_routes`` and the
-broker settings, so a renamed queue or a re-routed task shows here (``tests/devstack`` checks it).
+queue names and which task goes to which queue come from ``workers.messages.task_routes``,
+``training.train_queue.train_routes`` and the broker settings, so a renamed queue or a re-routed task shows here (``tests/devstack`` checks it).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.train_queue import TRAIN_TRIAL_TASK, train_routes
 from vehicle_core.config import Settings, load_settings
-from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK, TRAIN_TRIAL_TASK, task_routes
+from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK, task_routes
 
 COLOURS = {"store": "#dbe9f6", "queue": "#fde8c8", "process": "#e3f1df", "tool": "#eeeeee"}
 
@@ -38,7 +39,7 @@ class Box:
 
 def queues_of(settings: Settings) -> dict[str, str]:
     """Task name (short) -> queue, as the producer and the workers route them."""
-    routes = task_routes(settings.broker)
+    routes = {**task_routes(settings.broker), **train_routes(settings.broker)}
     return {short: routes[name]["queue"] for short, name in (("detect_crop", DETECT_TASK), ("classify", CLASSIFY_TASK),
                                                            ("crop_dataset_chunk", CROP_CHUNK_TASK),
                                                            ("train_trial", TRAIN_TRIAL_TASK))}

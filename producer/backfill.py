@@ -3,7 +3,7 @@
 Streaming: each shard (the prefix, or its sub-prefixes in parallel, or S3 Inventory data files) is
 walked page by page and enqueued while it is listed, ``producer.enqueue_batch`` messages per Redis
 round trip; memory is bounded by a page and a batch, not the bucket. ``--skip-done`` decides "done"
-from a results listing walked in step (:mod:`vehicle_core.result_listing`): no GET per result.
+from a results listing walked in step (:mod:`vehicle_core.results.listing`): no GET per result.
 ``--checkpoint`` records each shard's position every ``producer.checkpoint_every`` keys; a rerun
 continues there. Enqueueing pauses while the detect queue holds more than
 ``producer.max_queue_depth`` messages, so a backfill of millions never floods Redis' memory.
@@ -24,8 +24,8 @@ from producer.events import KeyFilter
 from producer.progress import Progress
 from producer.shards import Shard
 from vehicle_core.config import Settings
-from vehicle_core.result_listing import ResultIndex
-from vehicle_core.results import SourceRef, results_prefix
+from vehicle_core.results.contract import SourceRef, results_prefix
+from vehicle_core.results.listing import ResultIndex
 from vehicle_core.storage import ObjectInfo, ObjectStore
 from workers.messages import enqueue_images
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
+from vehicle_core.cli.errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
 from vehicle_core.config import load_settings
 
 

@@ -1,4 +1,4 @@
-"""Parse S3 event notifications delivered through SQS into :class:`~vehicle_core.results.SourceRef` objects.
+"""Parse S3 event notifications delivered through SQS into :class:`~vehicle_core.results.contract.SourceRef` objects.
 
 An SQS body is either an S3 notification (``{"Records": [...]}``), S3's one-off ``s3:TestEvent``
 sent when notifications are configured, an EventBridge ``Object Created`` event (``source`` aws.s3,
@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 
 from vehicle_core.config import ProducerSettings, ResultSettings
 from vehicle_core.errors import InvalidInputError, MalformedMessageError
-from vehicle_core.results import SourceRef, is_result_key
+from vehicle_core.results.contract import SourceRef, is_result_key
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``vehicle-producer reconcile s3://bucket/prefix``: which images have no current result?
 
 The operator's question after an outage, and the proof that the system lost nothing. The source
-prefix and the results prefix are listed in step (:class:`vehicle_core.result_listing.ResultIndex`):
+prefix and the results prefix are listed in step (:class:`vehicle_core.results.listing.ResultIndex`):
 each image is ``missing`` (no result), ``stale`` (a result for an earlier upload) or ``retriable``
 (an error result a later attempt may fix), or done. Cost: the two listings (one request per 1,000
 keys each), plus one HEAD per result written in the same second as its source (LastModified has a
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from producer.events import KeyFilter
 from producer.shards import ListingShard
-from vehicle_core.result_listing import ResultIndex
-from vehicle_core.results import SourceRef, results_prefix
+from vehicle_core.results.contract import SourceRef, results_prefix
+from vehicle_core.results.listing import ResultIndex
 from vehicle_core.storage import ObjectInfo, ObjectStore
 from workers.messages import enqueue_images
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from vehicle_core.result_listing import results_start_after
+from vehicle_core.results.listing import results_start_after
 from vehicle_core.storage import ObjectInfo, ObjectStore
 
 

@@ -28,7 +28,7 @@ def classifier_artifact(tmp_path_factory) -> Path:
 
 def _synthetic_class_names() -> list[str]:
     try:
-        from vehicle_core.synthetic import CLASSES
+        from training.synthetic.scenes import CLASSES
     except ImportError:  # the generator lands in parallel; its announced class names until then
         return ["bus", "motorcycle", "pickup", "sedan", "suv", "truck"]
     return list(CLASSES)

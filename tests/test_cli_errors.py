@@ -42,7 +42,7 @@ def run(main, argv, capsys):
 
 
 def results_main(argv):
-    from vehicle_core.results_cli import main
+    from vehicle_core.cli.results import main
 
     return main(argv)
 
@@ -91,7 +91,7 @@ def test_bad_argument_is_one_line_with_status_2(main, argv, capsys):
 
 @pytest.mark.parametrize("main", [results_main, producer_main, demo_main])
 def test_log_level_takes_any_case_and_refuses_unknown_names(main, capsys):
-    from vehicle_core.cli_errors import log_level
+    from vehicle_core.cli.errors import log_level
 
     assert log_level("info") == log_level("Info") == "INFO"
     status, line = run(main, ["--log-level", "loud", "summary", "s3://b/"], capsys)
@@ -121,7 +121,7 @@ def test_demo_server_that_will_not_start_is_one_line_with_status_1(monkeypatch, 
 
 @pytest.fixture
 def classify(classifier_artifact, monkeypatch):
-    from vehicle_core.cli import main
+    from vehicle_core.cli.classify import main
 
     monkeypatch.setenv("VP_CLASSIFIER__MODEL", str(classifier_artifact))
     return main
@@ -138,7 +138,7 @@ def test_classify_missing_credentials_is_one_line_with_status_1(classify, no_cre
 
 
 def test_classify_bad_uri_is_a_usage_error(capsys):
-    from vehicle_core.cli import main
+    from vehicle_core.cli.classify import main
 
     status, line = run(main, ["s3://"], capsys)
     assert status == 2 and "s3 URI without a bucket" in line

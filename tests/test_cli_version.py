@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vehicle_core.cli_errors import project_version
+from vehicle_core.cli.errors import project_version
 
 SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
 

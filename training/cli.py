@@ -29,8 +29,8 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vehicle_core.cli_errors import add_version
-from vehicle_core.config import load_settings
+from vehicle_core.cli.errors import add_version, explain
+from vehicle_core.config import load_settings, mask_urls
 from vehicle_core.errors import VehiclePipelineError
 
 
@@ -113,9 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             out = COMMANDS[args.command](args, settings)
     except (VehiclePipelineError, ValueError, OSError, BotoCoreError, ClientError) as exc:
-        from vehicle_core.config import mask_urls
-
-        print(f"vehicle-train {args.command}: {mask_urls(str(getattr(exc, 'message', exc)))}", file=sys.stderr)
+        error = explain(exc) or exc  # botocore's errors read by storage_error, as every command's are
+        print(f"vehicle-train {args.command}: {mask_urls(str(getattr(error, 'message', error)))}", file=sys.stderr)
         return 2
     if out is not None:
         print(out if isinstance(out, str) else json.dumps(out, indent=2, default=str))
@@ -123,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _make_synthetic(args, settings):
-    from training.synthetic_datasets import write_crop_dataset, write_scene_dataset
+    from training.synthetic.datasets import write_crop_dataset, write_scene_dataset
     from vehicle_core.storage import ObjectStore
 
     store = ObjectStore(settings.storage)

@@ -70,7 +70,7 @@ def crop_dataset(
 ) -> list[dict[str, str]]:
     """Crop every image under ``src_root`` into ``dst_root``; returns the rows of all chunks.
 
-    ``use_ground_truth`` takes boxes from ``src_root/annotations.jsonl`` (see ``synthetic_datasets``) instead of
+    ``use_ground_truth`` takes boxes from ``src_root/annotations.jsonl`` (see ``training.synthetic.datasets``) instead of
     running the detector. ``map_chunks(fn, list_of_args)`` runs the chunks (its ``description`` goes
     into ``report.json``); the default is a local thread pool of ``workers`` (one shared detector).
     """

@@ -65,7 +65,7 @@ def run_benchmark(out: Path, settings: Settings, *, n_scenes: int, seed: int, gr
     from training.crops import crop_dataset
     from training.dataset import index_dataset
     from training.evaluate import evaluate_artifact, write_report
-    from training.synthetic_datasets import write_scene_dataset
+    from training.synthetic.datasets import write_scene_dataset
     from training.train import train_classifier
     from vehicle_core.storage import ObjectStore
 

@@ -54,7 +54,7 @@ def demo_training_settings(base: TrainingSettings) -> TrainingSettings:
 def _is_demo_artifact(path: Path) -> bool:
     import json
 
-    from vehicle_core.synthetic import CLASSES
+    from training.synthetic.scenes import CLASSES
 
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text())
@@ -89,7 +89,7 @@ def train_demo(work_dir: Path, settings: Settings, *, per_class: int = DEMO_PER_
     """Make synthetic crops in ``work_dir/data``, train the demo preset, score it on the test split."""
     from training.dataset import index_dataset
     from training.evaluate import evaluate_artifact
-    from training.synthetic_datasets import write_crop_dataset
+    from training.synthetic.datasets import write_crop_dataset
     from training.train import train_classifier
     from vehicle_core.storage import ObjectStore
 
@@ -129,7 +129,7 @@ def run_quickstart(settings: Settings, bucket: str, *, out_dir: Path, per_class:
     from training.dataset import index_dataset
     from training.evaluate import evaluate_artifact, upload_report, write_report
     from training.publish import publish
-    from training.synthetic_datasets import write_crop_dataset
+    from training.synthetic.datasets import write_crop_dataset
     from training.train import train_classifier
     from vehicle_core.classifier import load_classifier
     from vehicle_core.storage import ObjectStore

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from training.remote import find_workers, wait_for
-from training.sweep import SweepSpec, dataset_roots, expand, ranked
-from training.trial_worker import ERROR, RESULT, trial_uri
+from training.sweep import LocalTrials, SweepSpec, dataset_roots, expand, finish_sweep, ranked
+from training.train_queue import ERROR, RESULT, TRAIN_TRIAL_TASK, train_sender_app, trial_uri
 from vehicle_core.config import Settings, mask_secret
 from vehicle_core.errors import SourceNotFoundError
 from vehicle_core.storage import ObjectStore, is_s3
-from workers.messages import TRAIN_TRIAL_TASK, sender_app
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def sweep_on_train_workers(spec: SweepSpec, text: str, out: str, settings: Setti
 
     trials = expand(spec)
     pending = [t for t in trials if store.head(trial_uri(out, t.id, RESULT)) is None]
-    app = sender_app(settings.broker)
+    app = train_sender_app(settings.broker)
     for trial in pending:
         store.delete(trial_uri(out, trial.id, ERROR))  # a failed attempt of an earlier run: try again
         app.send_task(TRAIN_TRIAL_TASK, args=[spec_uri, trial.id, out])  # routed to the train queue
@@ -96,7 +95,6 @@ def _claim(store: ObjectStore, spec_uri: str, text: str) -> None:
 def _finish(spec: SweepSpec, rows: list[dict[str, Any]], out: str, roots: dict[str, str], settings: Settings,
             store: ObjectStore) -> dict[str, Any]:
     """The local sweep's finish (best trial's test score, tables, plot), then copied to ``out``."""
-    from training.sweep_run import LocalTrials, finish_sweep
     from vehicle_core.storage.artifacts import resolve_local
 
     trials = LocalTrials(spec, settings, roots)

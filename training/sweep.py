@@ -266,10 +266,72 @@ def dataset_roots(spec: SweepSpec, settings: Settings, out: str | Path, *, creat
                 raise ValueError(f"the sweep's synthetic data is not written yet ({done} missing): "
                                  "the sweep command writes it before sending trials")
             from training.crops import crop_dataset
-            from training.synthetic_datasets import write_scene_dataset
+            from training.synthetic.datasets import write_scene_dataset
 
             write_scene_dataset(scenes, store, n=int(synth.get("scenes", 240)), seed=int(synth.get("seed", 3)))
             rows = crop_dataset(scenes, crops, settings, use_ground_truth=bool(synth.get("ground_truth")))
             store.put_json(done, {"crops": sum("key" in r for r in rows)})
         roots.update(full=scenes, crops=crops)
     return roots
+
+
+class LocalTrials:
+    """Trains a trial with :func:`training.train.train_classifier` and records its hparams for TensorBoard."""
+
+    def __init__(self, spec: SweepSpec, settings: Settings, roots: dict[str, str]) -> None:
+        from vehicle_core.storage import ObjectStore
+
+        self.spec, self.settings, self.roots = spec, settings, roots
+        self.store = ObjectStore(settings.storage)
+        self._indexes: dict[str, Any] = {}
+
+    def index(self, name: str):
+        from training.dataset import index_dataset
+
+        if name not in self._indexes:
+            self._indexes[name] = index_dataset(self.roots[name], self.store)
+        return self._indexes[name]
+
+    def dataset_of(self, trial: Trial) -> str:
+        return trial.params.get("dataset") or self.spec.base.get("dataset") or next(iter(self.roots))
+
+    def __call__(self, trial: Trial, trial_dir: Path) -> dict[str, Any]:
+        from training.tensorboard_logs import write_hparams
+        from training.train import train_classifier
+
+        training = trial_settings(self.spec, trial, self.settings.training)
+        result = train_classifier(self.index(self.dataset_of(trial)), self.store, training, run_dir=trial_dir / "run",
+                                  version=trial.id, storage=self.settings.storage)
+        m = result.manifest["metrics"]
+        metrics = {
+            "val_accuracy": m.get("val_accuracy"),
+            "val_loss": m.get("val_loss"),
+            "epochs": sum(len(v) for k, v in result.history.items() if k.endswith("_loss") and "val" not in k),
+        }
+        write_hparams(trial_dir / "run" / "logs" / "hparams", {**trial.params, "dataset": self.dataset_of(trial)},
+                      {k: v for k, v in metrics.items() if v is not None}, trial.id)
+        return metrics
+
+    def test_score(self, best: dict[str, Any], artifact: str | Path) -> dict[str, Any]:
+        """The best trial's artifact scored on its dataset's test split."""
+        from training.evaluate import evaluate_artifact
+
+        trial = Trial(id=best["trial"], params={k: best[k] for k in self.spec.space})
+        index = self.index(self.dataset_of(trial))
+        evaluation, _ = evaluate_artifact(artifact, index, index.split("test"), self.store, split="test")
+        return {"trial": trial.id, "dataset": self.dataset_of(trial), "test_accuracy": evaluation.accuracy,
+                "test_images": evaluation.n_images}
+
+
+def finish_sweep(spec: SweepSpec, rows: list[dict[str, Any]], out_dir: Path, test_score) -> dict[str, Any]:
+    """The best trial's test score (computed once, kept in ``best.json``), ``results.md``/``.csv`` and
+    ``sweep.png`` in ``out_dir``. ``rows`` ranked best first; ``test_score(best_row) -> dict``."""
+    best = out_dir / "best.json"
+    best_test = json.loads(best.read_text()) if best.is_file() else None
+    if not best_test or best_test["trial"] != rows[0]["trial"]:
+        best_test = test_score(rows[0])
+        best.write_text(json.dumps(best_test, indent=2))
+    table = write_tables(rows, spec, out_dir, best_test)
+    plot(rows, spec, out_dir / "sweep.png")
+    return {"trials": len(rows), "best": best_test, "table": str(out_dir / "results.md"),
+            "plot": str(out_dir / "sweep.png"), "markdown": table}

@@ -7,7 +7,9 @@ command (:mod:`training.remote_sweep`) sends one ``train_trial`` task per unfini
 the answers from S3. A task names the spec (``s3://…/spec.yaml``), the trial id and the sweep's
 ``s3://`` prefix; the worker trains the trial in a local folder, uploads its run directory to
 ``OUT/trials/<id>/run/`` and writes ``OUT/trials/<id>/result.json`` last (or ``error.json`` when the
-trial cannot run: a bad setting, a missing dataset), so every trial sent gets an answer.
+trial cannot run: a bad setting, a missing dataset), so every trial sent gets an answer. The task's
+name, its route and the answers' layout are in :mod:`training.train_queue`; the app is built (settings
+read, ``train_trial`` registered) on first access to ``app``, never at import.
 
 Reliability, for tasks that run for minutes to hours:
 
@@ -35,21 +37,18 @@ from typing import Any
 
 from celery import Celery
 
-from training.sweep import SweepSpec, expand, trial_row
+from training.sweep import LocalTrials, SweepSpec, dataset_roots, expand, trial_row
+from training.train_queue import ERROR, RESULT, TRAIN_TRIAL_TASK, train_routes, trial_uri
 from vehicle_core.config import Settings, load_settings
 from vehicle_core.errors import ConfigError, TransientError
+from vehicle_core.lazy import module_getattr
 from vehicle_core.storage import ObjectStore, is_s3
 from workers.app import celery_config
-from workers.messages import TRAIN_TRIAL_TASK, task_routes
+from workers.messages import task_routes
 
 log = logging.getLogger(__name__)
 
-RESULT, ERROR = "result.json", "error.json"
-
-
-def trial_uri(out: str, trial_id: str, name: str = "") -> str:
-    """Where a trial's files live in the sweep's ``s3://`` prefix."""
-    return f"{out.rstrip('/')}/trials/{trial_id}/{name}"
+__all__ = ["ERROR", "RESULT", "create_app", "run_trial", "train_app_config", "train_trial", "trial_uri"]
 
 
 def train_app_config(settings: Settings) -> dict[str, Any]:
@@ -67,28 +66,32 @@ def train_app_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 1,
-        "task_routes": task_routes(settings.broker),
+        "task_routes": {**task_routes(settings.broker), **train_routes(settings.broker)},
         "task_default_queue": settings.broker.train_queue,
     })
     return conf
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    """The train worker's app, with :func:`train_trial` registered on it."""
     settings = settings or load_settings()
     app = Celery("vehicle-train", set_as_current=False)
     app.config_from_object(train_app_config(settings))
     app.vehicle_settings = settings
+    app.task(name=TRAIN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(TransientError,), retry_backoff=True, max_retries=5, shared=False)(train_trial)
     return app
 
 
-app = create_app()
+#: The app, built on first access (``celery -A training.trial_worker`` reads it), never at import.
+app: Celery
+__getattr__ = module_getattr(__name__, globals(), {"app": create_app})
 
 
-@app.task(name=TRAIN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-          autoretry_for=(TransientError,), retry_backoff=True, max_retries=5)
 def train_trial(self, spec_uri: str, trial_id: str, out: str) -> dict[str, Any]:
-    """Train one trial of the sweep at ``out``; its answer is ``result.json`` or ``error.json`` in S3."""
-    return run_trial(spec_uri, trial_id, out, settings=app.vehicle_settings,
+    """Train one trial of the sweep at ``out``; its answer is ``result.json`` or ``error.json`` in S3.
+    The ``train_trial`` task of the app (:func:`create_app` registers it under ``TRAIN_TRIAL_TASK``)."""
+    return run_trial(spec_uri, trial_id, out, settings=self.app.vehicle_settings,
                      worker=self.request.hostname or "train")
 
 
@@ -120,9 +123,6 @@ def run_trial(spec_uri: str, trial_id: str, out: str, *, settings: Settings, wor
 
 def _train(spec_uri: str, trial_id: str, out: str, settings: Settings, store: ObjectStore,
            work_dir: Path | None) -> tuple[dict[str, Any], Any]:
-    from training.sweep import dataset_roots
-    from training.sweep_run import LocalTrials
-
     spec = SweepSpec.load(store.read(spec_uri).decode())
     trial = {t.id: t for t in expand(spec)}.get(trial_id)
     if trial is None:

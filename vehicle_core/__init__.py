@@ -11,7 +11,7 @@ TensorFlow) are imported only by the modules that need them, when first used.
 
 from vehicle_core.config import Settings, load_settings
 from vehicle_core.errors import InvalidInputError, TransientError, VehiclePipelineError
-from vehicle_core.results import Detection, ImageResult, SourceRef
+from vehicle_core.results.contract import Detection, ImageResult, SourceRef
 
 __version__ = "0.1.0"
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from vehicle_core.config import ClassifierSettings, StorageSettings
 from vehicle_core.errors import ConfigError, InvalidInputError, ModelLoadError
-from vehicle_core.results import Classification, ModelInfo
-from vehicle_core.safe_tar import extract_data
+from vehicle_core.results.contract import Classification, ModelInfo
+from vehicle_core.storage.safe_tar import extract_data
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _artifact_dir(path: Path) -> Path:
             tmp = Path(tempfile.mkdtemp(dir=path.parent))
             try:
                 with tarfile.open(path) as tar:
-                    extract_data(tar, tmp)  # refuses absolute paths and links out of tmp (vehicle_core/safe_tar.py)
+                    extract_data(tar, tmp)  # refuses absolute paths and links out of tmp (vehicle_core/storage/safe_tar.py)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # truncated or corrupt
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise ModelLoadError(f"classifier artifact {path} is truncated or corrupt ({exc!r}); publish "
@@ -410,7 +410,7 @@ def _resolve_model(settings: ClassifierSettings, storage: StorageSettings, sha25
     if settings.model:
         return _local(settings.model, sha256, storage=storage)
     if settings.registry:
-        from vehicle_core.registry import current_artifact
+        from vehicle_core.registry_pointer import current_artifact
 
         return _local(*current_artifact(settings.registry, storage), storage=storage)
     demo = Path(storage.cache_dir).expanduser() / DEMO_CACHE_NAME

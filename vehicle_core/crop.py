@@ -15,7 +15,7 @@ import numpy as np
 
 from vehicle_core.config import CropSettings
 from vehicle_core.errors import UndecodableImageError
-from vehicle_core.results import Detection
+from vehicle_core.results.contract import Detection
 
 
 def _grown_box(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:

@@ -23,7 +23,7 @@ class VehiclePipelineError(Exception):
     code = "internal"
     #: True only for the image's own faults. False for failures a later attempt may fix (a model, a
     #: setting, a server, memory, a bug): a result carrying such a code does not count as done
-    #: (``vehicle_core.results.is_done``).
+    #: (``vehicle_core.results.contract.is_done``).
     final = False
 
     def __init__(self, message: str) -> None:

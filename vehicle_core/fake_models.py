@@ -21,15 +21,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from vehicle_core.detection.base import BatchedDetector
+from vehicle_core.detection.batched import BatchedDetector
 from vehicle_core.errors import ConfigError
-from vehicle_core.results import Classification, Detection, ModelInfo
+from vehicle_core.results.contract import Classification, Detection, ModelInfo
 
 if TYPE_CHECKING:
     from vehicle_core.config import ClassifierSettings, DetectorSettings
 
 SCHEME = "fake://"
-#: Labels of the fake classifier (those of the demo classifier, vehicle_core/synthetic.py).
+#: Labels of the fake classifier (those of the demo classifier, training/synthetic/scenes.py).
 CLASS_NAMES = ("sedan", "suv", "pickup", "truck", "bus", "motorcycle")
 
 

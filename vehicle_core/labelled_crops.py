@@ -14,7 +14,7 @@ from typing import Any
 from vehicle_core.config import Settings
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.messages import CropSet
-from vehicle_core.results import Detection, SourceRef
+from vehicle_core.results.contract import Detection, SourceRef
 from vehicle_core.storage import ObjectStore
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,3 +40,24 @@ class Lazy(Generic[T]):
     def reset(self) -> None:
         """Forget the object (after a fork, or in tests)."""
         self._value = None
+
+
+def module_getattr(module: str, namespace: dict[str, Any], factories: dict[str, Callable[[], Any]]):
+    """A module ``__getattr__`` (PEP 562) that builds each of ``factories``' names on first access.
+
+    ``__getattr__ = module_getattr(__name__, globals(), {"app": create_app})``: importing the module
+    builds nothing; the first ``module.app`` (or ``from module import app``) calls ``create_app()`` once
+    (thread-safe) and keeps the object in the module, where later lookups find it directly.
+    """
+    lock = threading.Lock()
+
+    def __getattr__(name: str) -> Any:
+        factory = factories.get(name)
+        if factory is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        with lock:
+            if name not in namespace:
+                namespace[name] = factory()
+        return namespace[name]
+
+    return __getattr__

@@ -1,6 +1,6 @@
 """The messages of the two hops, and their codecs, in one place (no Celery, no ML framework here).
 
-* producer -> detect task: one :class:`~vehicle_core.results.SourceRef` (``SourceRef.to_dict()``;
+* producer -> detect task: one :class:`~vehicle_core.results.contract.SourceRef` (``SourceRef.to_dict()``;
   ``SourceRef.from_dict`` validates it and normalises the ETag);
 * detect task -> classify task: one :class:`CropSet` (``to_message()`` / ``from_message()``).
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vehicle_core.errors import MalformedMessageError
-from vehicle_core.results import Detection, ModelInfo, SourceRef
+from vehicle_core.results.contract import Detection, ModelInfo, SourceRef
 
 
 @dataclass

@@ -22,7 +22,7 @@ from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.images import Decoded, decode
 from vehicle_core.messages import CropSet
-from vehicle_core.results import STATUS_ERROR, Detection, ImageResult, SourceRef, VehicleResult
+from vehicle_core.results.contract import STATUS_ERROR, Detection, ImageResult, SourceRef, VehicleResult
 
 
 class DetectStage:

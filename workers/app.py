@@ -12,6 +12,11 @@ the command line: Celery reads the CLI default before any signal could raise it.
 
 and Flower beside them: ``celery -A workers.app flower --basic-auth=user:password``.
 Every option comes from ``vehicle_core`` settings (broker and worker sections, ``VP_*`` variables).
+
+Importing this module builds nothing and reads no settings: ``app`` is built by :func:`create_app` on
+first access (``workers.app.app``, ``from workers.app import app``, or Celery's ``-A workers.app``,
+which reads the module's ``app`` attribute), then kept. The tasks join it when it is finalized
+(``workers.tasks``, which ``conf.include`` names: the worker imports it at start).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from celery import Celery
 
 from vehicle_core.config import Settings, load_settings
+from vehicle_core.lazy import module_getattr
 from workers import broker as redis_transport
 from workers.messages import task_routes, transport_options
 
@@ -73,7 +79,7 @@ def celery_config(settings: Settings) -> dict:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """Build the app; ``workers.tasks`` registers the two tasks on it when imported by a worker."""
+    """Build the app; ``workers.tasks`` (``conf.include``) registers its tasks on it when it is finalized."""
     settings = settings or load_settings()
     # Redis: kombu's transport with its loss window closed (a message taken off its queue by BRPOP
     # is held and recorded once the broker is back, never dropped; workers/broker.py).
@@ -85,4 +91,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = create_app()
+#: The app, built on first access (PEP 562 ``__getattr__`` below), never at import.
+app: Celery
+__getattr__ = module_getattr(__name__, globals(), {"app": create_app})

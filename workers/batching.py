@@ -35,7 +35,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from vehicle_core.errors import InvalidInputError
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from workers.result_writer import write_error_result
 
 log = logging.getLogger(__name__)

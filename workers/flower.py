@@ -58,7 +58,7 @@ def flower_command(flower: FlowerSettings, *, port: int | None = None, extra: li
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vehicle_core.cli_errors import OneLineParser, report
+    from vehicle_core.cli.errors import OneLineParser, report
     from vehicle_core.config import load_settings
 
     parser = OneLineParser(prog="vehicle-flower", description=__doc__.splitlines()[0],

@@ -7,17 +7,21 @@ id, whose argument names no image. For them :func:`bind_task` also indexes the b
 result's URI) that image's request id as ``task_id``, its ``bucket`` and ``key``, and the batch id as
 ``batch_id``: every line about one image can be found by its key or its task id.
 
-Connected to Celery's signals on import (``workers.metrics`` imports this module, and the task
-module imports that): ``after_setup_logger`` / ``after_setup_task_logger`` give Celery's handlers
-our formatter; ``task_prerun`` / ``task_postrun`` bind and unbind the task's log context.
+Connected to Celery's signals by :func:`connect_worker_signals` (``workers.tasks.register`` calls
+it when the tasks join the worker's app, before the worker sets up its logging; nothing is connected
+at import): ``after_setup_logger`` / ``after_setup_task_logger`` give Celery's handlers our formatter;
+``task_prerun`` / ``task_postrun`` bind and unbind the task's log context.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vehicle_core.logs import apply_format, log_context
+
+if TYPE_CHECKING:
+    from vehicle_core.config import Settings
 
 _open: dict[str, Any] = {}  # task id -> its entered log_context (exited at task_postrun)
 # batch id -> {(bucket, key): request id} of the batch this process runs (celery-batches' requests)
@@ -105,20 +109,18 @@ def add_image_filter(handlers: list[logging.Handler]) -> None:
             handler.addFilter(ImageFilter())
 
 
-def _connect() -> None:
+def connect_worker_signals(settings: Settings) -> None:
+    """Connect the hooks above to Celery's signals (once per process): ``settings.logs.format``."""
     from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
 
     def formats(logger=None, **_):
-        from vehicle_core.config import load_settings
-
         if logger is not None:
-            apply_format(list(logger.handlers), load_settings().logs.format)
+            apply_format(list(logger.handlers), settings.logs.format)
             add_image_filter(list(logger.handlers))
 
-    after_setup_logger.connect(formats, weak=False)
-    after_setup_task_logger.connect(formats, weak=False)
-    task_prerun.connect(lambda task_id=None, args=None, **_: bind_task(task_id, args), weak=False)
-    task_postrun.connect(lambda task_id=None, **_: unbind_task(task_id), weak=False)
-
-
-_connect()
+    after_setup_logger.connect(formats, weak=False, dispatch_uid="workers.logs.formats")
+    after_setup_task_logger.connect(formats, weak=False, dispatch_uid="workers.logs.task_formats")
+    task_prerun.connect(lambda task_id=None, args=None, **_: bind_task(task_id, args), weak=False,
+                        dispatch_uid="workers.logs.bind_task")
+    task_postrun.connect(lambda task_id=None, **_: unbind_task(task_id), weak=False,
+                         dispatch_uid="workers.logs.unbind_task")

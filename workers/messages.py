@@ -1,7 +1,7 @@
 """How work is sent: the tasks' registered names, their queues, and the chain per image (no ML import).
 
 One image travels as ``chain(detect_crop.s(source), classify.s())``: the detect task's argument is a
-:class:`~vehicle_core.results.SourceRef` as a dict, the classify task's a
+:class:`~vehicle_core.results.contract.SourceRef` as a dict, the classify task's a
 :class:`~vehicle_core.messages.CropSet` message (both codecs live in ``vehicle_core.messages``). The
 producer imports only this module (plus Celery itself) to enqueue work; it sends by task *name*, so
 it never imports ``workers.tasks`` and the model code behind it.
@@ -16,15 +16,13 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from vehicle_core.config import BrokerSettings
-    from vehicle_core.results import SourceRef
+    from vehicle_core.results.contract import SourceRef
 
 #: Registered names of the two tasks (workers/tasks.py registers them under these names).
 DETECT_TASK = "workers.tasks.detect_crop"
 CLASSIFY_TASK = "workers.tasks.classify"
 #: ``vehicle-train crop`` on the detect workers: one chunk of a training dataset (workers/dataset_crops.py).
 CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
-#: ``vehicle-train sweep --via celery``: one trial, trained by a train worker (training/trial_worker.py).
-TRAIN_TRIAL_TASK = "training.trial_worker.train_trial"
 
 
 #: kombu's Redis transport keeps one list per priority step of a queue (by default four: 0, 3, 6, 9)
@@ -41,10 +39,10 @@ def transport_options(broker: BrokerSettings) -> dict:
 
 
 def task_routes(broker: BrokerSettings) -> dict[str, dict[str, str]]:
-    """Which queue each task goes to: detect-side tasks (PyTorch), classify (TensorFlow), sweep trials."""
+    """Which queue each task goes to: detect-side tasks (PyTorch), classify (TensorFlow). (The train
+    queue's task and route are training's: training/train_queue.py.)"""
     detect = {"queue": broker.detect_queue}
-    return {DETECT_TASK: detect, CROP_CHUNK_TASK: detect, CLASSIFY_TASK: {"queue": broker.classify_queue},
-            TRAIN_TRIAL_TASK: {"queue": broker.train_queue}}
+    return {DETECT_TASK: detect, CROP_CHUNK_TASK: detect, CLASSIFY_TASK: {"queue": broker.classify_queue}}
 
 
 def sender_app(broker: BrokerSettings) -> Celery:

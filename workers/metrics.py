@@ -18,7 +18,8 @@ What the tasks record (through the ``observe_*`` functions, so tasks stay free o
 Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set (before the worker starts: prometheus_client
 reads it at import), each pool process writes its samples to files there, and the worker's *main*
 process serves them all, summed, on ``worker.metrics_port`` (:func:`serve_node`, started by the
-``worker_init`` signal below). Without it, :func:`serve` keeps the old one-port-per-process mode.
+``worker_init`` signal, :func:`connect_worker_signals`). Without it, :func:`serve` keeps the old
+one-port-per-process mode.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from vehicle_core.results import ImageResult, ModelInfo, SourceRef
+from vehicle_core.results.contract import ImageResult, ModelInfo, SourceRef
 
 log = logging.getLogger(__name__)
 
@@ -246,22 +247,17 @@ def on_process_exit(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def _connect_celery_signals() -> None:
-    # Connected when the worker imports this module (workers.tasks does, before worker_init is sent),
-    # so the node exporter runs without a line in the task module.
+def connect_worker_signals() -> None:
+    """Connect the node exporter (``worker_init``) and the live-gauge cleanup (``worker_process_shutdown``)
+    to Celery's signals, once per process: ``workers.tasks.register`` calls it when the tasks join the
+    worker's app, before ``worker_init`` is sent (nothing is connected at import)."""
     from celery.signals import worker_init, worker_process_shutdown
 
-    @worker_init.connect(weak=False)
     def _node(sender=None, **_):
         on_worker_init(sender.app.vehicle_settings)
 
-    @worker_process_shutdown.connect(weak=False)
     def _dead(pid=None, **_):
         on_process_exit(pid or os.getpid())
 
-
-_connect_celery_signals()
-
-# The log hooks live beside (workers/logs.py); importing them here connects them in every worker,
-# because the task module imports this one.
-from workers import logs as _logs  # noqa: E402, F401
+    worker_init.connect(_node, weak=False, dispatch_uid="workers.metrics.node")
+    worker_process_shutdown.connect(_dead, weak=False, dispatch_uid="workers.metrics.dead")

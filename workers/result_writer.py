@@ -4,7 +4,7 @@ A task may run twice (acks_late) and events may arrive out of order (an object u
 row). Two rules keep exactly one *current* result per key:
 
 * before work: skip an image whose result already answers this ETag (:func:`is_answered`, the one
-  rule of ``vehicle_core.results.is_done``, read from the result's metadata by a HEAD);
+  rule of ``vehicle_core.results.contract.is_done``, read from the result's metadata by a HEAD);
 * before writing: HEAD the source; if its ETag is no longer the one we processed, a newer upload
   exists and its own task will write the result, so ours is dropped (:func:`decide_write`).
 
@@ -18,8 +18,15 @@ from __future__ import annotations
 import logging
 
 from vehicle_core.config import ResultSettings
-from vehicle_core.result_listing import read_stamp
-from vehicle_core.results import RETRY_MARKER_SUFFIX, ImageResult, ResultStamp, SourceRef, is_done, result_uri
+from vehicle_core.results.contract import (
+    RETRY_MARKER_SUFFIX,
+    ImageResult,
+    ResultStamp,
+    SourceRef,
+    is_done,
+    result_uri,
+)
+from vehicle_core.results.listing import read_stamp
 from vehicle_core.storage import ObjectInfo, ObjectStore
 from workers import metrics
 
@@ -69,7 +76,7 @@ def write_if_current(store: ObjectStore, result: ImageResult, results: ResultSet
     store.put_json(uri, result.to_dict(), metadata=stamp.to_metadata())
     if stamp.retriable:
         # After the result, so the marker is at least as new: listings (which carry no metadata)
-        # then tell this error from an answer (vehicle_core/result_listing.py). A later final result
+        # then tell this error from an answer (vehicle_core/results/listing.py). A later final result
         # is newer than the marker, which makes it stale without a DELETE.
         store.put(uri + RETRY_MARKER_SUFFIX, b"", metadata=stamp.to_metadata())
     log.info("wrote %s (%s)", uri, result.status)

@@ -19,6 +19,10 @@ An image whose result already answers its ETag ends the chain at ``detect_crop``
 ``classify``). Bad input never retries: it travels as an error CropSet and becomes an ``error``
 result. Transient storage errors retry with exponential backoff; once retries are exhausted an error
 result is written (``result_writer.write_error_result``) so the key is not silently lost.
+
+Importing this module builds no app and reads no settings: the tasks join the worker's app
+(``workers.app.app``, whose ``conf.include`` names this module) when that app is finalized, with
+options from its settings (:func:`register`); a worker imports this module, then finalizes its app.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from celery._state import _get_active_apps, connect_on_app_finalize
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError
 
 from vehicle_core import threads
+from vehicle_core.config import Settings
 from vehicle_core.errors import (
     ConfigError,
     InvalidInputError,
@@ -43,46 +49,93 @@ from vehicle_core.errors import (
     WorkerCrashedError,
     is_out_of_memory,
 )
+from vehicle_core.lazy import module_getattr
 from vehicle_core.messages import CropSet
-from vehicle_core.results import ImageResult, SourceRef
-from workers import batching, dead_letters, metrics, result_writer
-from workers.app import app
+from vehicle_core.results.contract import ImageResult, SourceRef
+from workers import batching, dead_letters, logs, metrics, result_writer
 from workers.holders import Holders
 from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger(__name__)
-settings = app.vehicle_settings
-holders = Holders(settings)
 
-RETRY_OPTIONS = {
-    # Storage blips, and the broker going away while a task hands its result on (kombu OperationalError).
-    "autoretry_for": (TransientError, ConnectionError, TimeoutError, OperationalError),
-    "dont_autoretry_for": (InvalidInputError,),
-    "max_retries": settings.worker.max_retries,
-    "retry_backoff": True,  # 1 s, 2 s, 4 s, ... between attempts
-    "retry_backoff_max": settings.worker.retry_backoff_max_s,
-    "retry_jitter": True,  # spread retries of many tasks failing together
-}
+#: What the tasks run with, bound by :func:`register` to the first app the tasks join (the worker's,
+#: ``workers.app.app``), never at import. Read before that, they build and finalize that app.
+settings: Settings
+holders: Holders
+RETRY_OPTIONS: dict[str, Any]
 
 
-@worker_init.connect
+def retry_options(settings: Settings) -> dict[str, Any]:
+    """Celery's retry options of the tasks, from the worker settings."""
+    return {
+        # Storage blips, and the broker going away while a task hands its result on (kombu OperationalError).
+        "autoretry_for": (TransientError, ConnectionError, TimeoutError, OperationalError),
+        "dont_autoretry_for": (InvalidInputError,),
+        "max_retries": settings.worker.max_retries,
+        "retry_backoff": True,  # 1 s, 2 s, 4 s, ... between attempts
+        "retry_backoff_max": settings.worker.retry_backoff_max_s,
+        "retry_jitter": True,  # spread retries of many tasks failing together
+    }
+
+
+def register(app: Celery) -> None:
+    """Register the three tasks on ``app``, their options from its settings (``app.vehicle_settings``).
+
+    Called for every app whose ``conf.include`` names this module when that app is finalized (a
+    worker imports the included modules, then finalizes its app, then sends ``worker_init``), and
+    for such an app already finalized when this module is imported. The first such app also binds
+    this module's ``settings`` and ``holders`` and connects the worker's signal hooks (threads,
+    per-process reset, the metrics node, log formats).
+    """
+    global settings, holders, RETRY_OPTIONS
+    if __name__ not in (app.conf.include or ()) or DETECT_TASK in app.tasks:
+        return
+    s: Settings = app.vehicle_settings
+    if "settings" not in globals():
+        settings, holders, RETRY_OPTIONS = s, Holders(s), retry_options(s)
+        worker_init.connect(_threads, weak=False, dispatch_uid="workers.tasks._threads")
+        worker_process_init.connect(_after_fork, weak=False, dispatch_uid="workers.tasks._after_fork")
+        metrics.connect_worker_signals()
+        logs.connect_worker_signals(settings)
+    batches = {"bind": True, "base": batching.RequeueingBatches, "acks_late": True, "shared": False,
+               "flush_interval": s.worker.batch_flush_interval_s, "time_limit_s": s.worker.task_time_limit_s,
+               "pause_max_s": s.worker.model_retry_max_s}
+    app.task(name=DETECT_TASK, flush_every=s.detector.batch_size, **batches)(detect_crop)
+    app.task(bind=True, name=CROP_CHUNK_TASK, shared=False, **retry_options(s))(crop_dataset_chunk)
+    app.task(name=CLASSIFY_TASK, flush_every=s.worker.batch_flush_every, **batches)(classify)
+
+
+def _worker_app_attribute(name: str):
+    def build() -> Any:
+        from workers.app import app  # the app does not import this module: it names it in conf.include
+
+        app.finalize(auto=True)  # registers the tasks (and binds ``name``), see register()
+        register(app)  # in case the app was finalized before this module was imported
+        return globals()[name]
+
+    return build
+
+
+__getattr__ = module_getattr(__name__, globals(), {name: _worker_app_attribute(name)
+                                                   for name in ("settings", "holders", "RETRY_OPTIONS")})
+
+
 def _threads(sender=None, **_: Any) -> None:
-    # In the parent, before forking: each pool process sizes its frameworks' thread pools so that
-    # several processes on the same cores do not oversubscribe them (vehicle_core/threads.py).
+    # worker_init, in the parent before forking: each pool process sizes its frameworks' thread pools so
+    # that several processes on the same cores do not oversubscribe them (vehicle_core/threads.py).
     threads.configure(settings.worker, processes=getattr(sender, "concurrency", 1) or 1)
 
 
-@worker_process_init.connect
 def _after_fork(**_: Any) -> None:
-    # A forked child must not reuse the parent's sockets (S3 connection pool) or models.
+    # worker_process_init: a forked child must not reuse the parent's sockets (S3 connection pool) or models.
     holders.reset()
     metrics.serve(settings.worker.metrics_port)
     threads.apply_loaded()
 
 
-@app.task(bind=True, base=batching.RequeueingBatches, name=DETECT_TASK, acks_late=True,
-          flush_every=settings.detector.batch_size, flush_interval=settings.worker.batch_flush_interval_s,
-          time_limit_s=settings.worker.task_time_limit_s, pause_max_s=settings.worker.model_retry_max_s)
 def detect_crop(self, requests) -> dict[str, Any]:
     """Fetch, decode, detect and crop a batch of images (one forward pass); hand each CropSet on.
 
@@ -161,7 +214,6 @@ def _fetch(source: SourceRef):
     return holders.detect.get().prepare(data, read)
 
 
-@app.task(bind=True, name=CROP_CHUNK_TASK, **RETRY_OPTIONS)
 def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, ground_truth: dict | None,
                        part_uri: str) -> dict[str, Any]:
     """One chunk of ``vehicle-train crop`` (see workers/dataset_crops.py), cut with this worker's detector."""
@@ -175,9 +227,6 @@ def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, grou
     return summary
 
 
-@app.task(bind=True, base=batching.RequeueingBatches, name=CLASSIFY_TASK, acks_late=True,
-          flush_every=settings.worker.batch_flush_every, flush_interval=settings.worker.batch_flush_interval_s,
-          time_limit_s=settings.worker.task_time_limit_s, pause_max_s=settings.worker.model_retry_max_s)
 def classify(self, requests) -> dict[str, Any]:
     """Classify the crops of a batch of images in shared forward passes; write each image's result.
 
@@ -314,3 +363,11 @@ def _retry(task, request, source: SourceRef, exc: Exception) -> str:
                                    results=settings.results)
     metrics.TASKS.labels(task.name, outcome).inc()
     return outcome
+
+
+# Join each app that includes this module when it is finalized (as Celery's shared_task does), and
+# those already finalized: registrations, no app built and no settings read here.
+connect_on_app_finalize(register)
+for _app in _get_active_apps():
+    if _app.finalized:
+        register(_app)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from devstack.bench_figures import overhead_ratio, parse_table, redis_per_image, redis_rate
+from devstack.bench.figures import overhead_ratio, parse_table, redis_per_image, redis_rate
 from devstack.servers import redis_server_binary
 from tests.conftest import skip_or_fail
 
@@ -20,7 +20,7 @@ def test_bench_pipeline_prints_its_table_and_efficiency(classifier_artifact, tmp
         redis_server_binary()
     except RuntimeError as exc:
         skip_or_fail(str(exc))
-    argv = [sys.executable, "-m", "devstack.bench", "pipeline", "--images", "8", "--size", "320x240",
+    argv = [sys.executable, "-m", "devstack.bench.pipeline", "pipeline", "--images", "8", "--size", "320x240",
             "--classifier", str(classifier_artifact), "--json", str(tmp_path / "bench.json"),
             "--log-dir", str(tmp_path / "logs"), "--timeout", "400", "--rss-after", "4"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
@@ -63,7 +63,7 @@ def test_fake_models_run_the_same_stack_and_report_what_each_image_costs(tmp_pat
         redis_server_binary()
     except RuntimeError as exc:
         skip_or_fail(str(exc))
-    argv = [sys.executable, "-m", "devstack.bench", "pipeline", "--images", "6", "--size", "320x240",
+    argv = [sys.executable, "-m", "devstack.bench.pipeline", "pipeline", "--images", "6", "--size", "320x240",
             "--fake-models", "--fake-cost", "2,0.5,2", "--redis-idle-s", "0", "--json", str(tmp_path / "bench.json"),
             "--log-dir", str(tmp_path / "logs"), "--timeout", "300"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
@@ -115,7 +115,7 @@ def test_the_overhead_ratio_sums_the_worker_rows_only():
 
 def test_a_run_that_fits_in_one_batch_reports_its_wall_clock_rate():
     """One classify batch writes one processed_at: no steady state to time (was: efficiency nan)."""
-    from devstack.bench_figures import result_figures
+    from devstack.bench.figures import result_figures
 
     docs = {f"k{i}": {"processed_at": "2026-11-26T05:00:10.000Z", "status": "ok", "timings_ms": {"detect": 5.0}}
             for i in range(4)}
@@ -156,7 +156,7 @@ class _ProcessingS3:
 
 
 def test_an_upload_window_bounds_the_images_waiting_and_every_result_is_read():
-    from devstack.bench import ResultWatcher, upload_scenes
+    from devstack.bench.pipeline import ResultWatcher, upload_scenes
 
     s3 = _ProcessingS3()
     watcher = ResultWatcher(s3, "b", [], timeout=60, pace=0.0)
@@ -175,7 +175,7 @@ def test_an_upload_window_bounds_the_images_waiting_and_every_result_is_read():
 
 def test_the_result_watcher_lists_no_more_often_than_its_pace_allows(monkeypatch):
     """A LIST round that took d seconds is followed by none for pace × d seconds."""
-    import devstack.bench as bench
+    import devstack.bench.pipeline as bench
 
     clock = [100.0]
 
@@ -198,7 +198,7 @@ def test_the_result_watcher_lists_no_more_often_than_its_pace_allows(monkeypatch
 
 
 def test_scenes_beyond_the_distinct_pool_cycle_under_keys_of_their_own():
-    from devstack.bench import make_scenes
+    from devstack.bench.pipeline import make_scenes
 
     scenes = make_scenes(5, (64, 48), seed=3, prefix="bench/", distinct=2)
     assert [k for k, _ in scenes] == [f"bench/{i:05d}.jpg" for i in range(5)]
@@ -208,7 +208,7 @@ def test_scenes_beyond_the_distinct_pool_cycle_under_keys_of_their_own():
 
 def test_the_bench_process_row_counts_its_own_cpu_not_its_childrens():
     """The stack's processes are the bench's children and have rows of their own (was: counted twice)."""
-    from devstack.bench import Meter
+    from devstack.bench.pipeline import Meter
 
     meter = Meter([], "redis://127.0.0.1:1/0", None, None)
     row = "bench process (uploads, polling, S3 proxy)"

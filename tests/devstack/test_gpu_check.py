@@ -1,4 +1,4 @@
-"""``devstack/gpu_check.sh``: its CPU dry run (every step at tiny sizes) so the GPU check cannot rot."""
+"""``devstack/bench/gpu_check.sh``: its CPU dry run (every step at tiny sizes) so the GPU check cannot rot."""
 
 import json
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.gpu_check import Step, bench_rows, summary
+from devstack.bench.gpu_check import Step, bench_rows, summary
 from devstack.servers import redis_server_binary
 from tests.conftest import skip_or_fail
 

@@ -26,21 +26,14 @@ import psutil
 import pytest
 import redis
 
-from devstack.demo import (
-    kill_process,
-    start_process,
-    start_stack,
-    stop_process,
-    stop_stack,
-    wait_until,
-    worker_argv,
-)
+from devstack.processes import kill_process, start_process, stop_process, wait_until
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import aws_env, free_port, redis_server
+from devstack.stack import start_stack, stop_stack, worker_argv
 from tests.integration.poison.sitecustomize import POISON, SLOW_FILE
 from tests.integration.stack import results_under
-from vehicle_core.results import validate_result
-from vehicle_core.synthetic import encode, make_scene
+from training.synthetic.scenes import encode, make_scene
+from vehicle_core.results.contract import validate_result
 
 # Seven faults in turn, each waiting for its images' results: minutes on two cores, more on a busy machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]

@@ -16,16 +16,8 @@ import urllib.request
 import pytest
 import redis
 
-from devstack.demo import (
-    kill_process,
-    start_process,
-    start_stack,
-    stop_process,
-    stop_stack,
-    wait_until,
-    worker_argv,
-    worker_ready,
-)
+from devstack.processes import kill_process, start_process, stop_process, wait_until
+from devstack.stack import start_stack, stop_stack, worker_argv, worker_ready
 from tests.integration.stack import free_port, redis_url, results_under
 from vehicle_core.config import load_settings
 from workers.messages import sender_app
@@ -38,7 +30,7 @@ VISIBILITY_TIMEOUT_S = 6
 def _scene(seed: int) -> bytes:
     import numpy as np
 
-    from vehicle_core.synthetic import encode, make_scene
+    from training.synthetic.scenes import encode, make_scene
 
     return encode(make_scene(np.random.default_rng(seed)).image, ".jpg")
 
@@ -236,7 +228,7 @@ def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
     # Given: 24 labelled scenes and one corrupt image in a bucket the producer does not watch
     from training import cli
     from training.dataset import index_dataset
-    from training.synthetic_datasets import write_scene_dataset
+    from training.synthetic.datasets import write_scene_dataset
     from vehicle_core.storage import ObjectStore
 
     for name, value in stack.env.items():
@@ -265,7 +257,7 @@ def test_vehicle_train_crop_runs_on_the_detect_workers(stack, monkeypatch):
 def test_one_detect_batch_gives_each_image_its_own_outcome(stack, proxy):
     # Given: the detect worker stopped, and four images waiting: good, corrupt, missing, and one whose
     # S3 reads fail for a while (more than botocore's own retries absorb)
-    from vehicle_core.results import SourceRef
+    from vehicle_core.results.contract import SourceRef
     from workers.messages import enqueue_image
 
     client = redis.Redis.from_url(stack.broker_url)

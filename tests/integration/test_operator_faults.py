@@ -30,14 +30,15 @@ import numpy as np
 import pytest
 import redis
 
-from devstack.demo import start_stack, stop_stack, wait_until
+from devstack.processes import wait_until
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import aws_env, free_port, redis_server
+from devstack.stack import start_stack, stop_stack
 from tests.integration.poison.sitecustomize import OOM_FILE
+from training.synthetic.scenes import encode, make_scene
 from vehicle_core.config import load_settings
-from vehicle_core.results import validate_result
+from vehicle_core.results.contract import validate_result
 from vehicle_core.storage import ZOO_DIR, ObjectStore
-from vehicle_core.synthetic import encode, make_scene
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 

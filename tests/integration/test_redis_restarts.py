@@ -17,10 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from devstack.demo import start_stack, stop_stack, wait_until
+from devstack.processes import wait_until
 from devstack.servers import aws_env, free_port, redis_server
+from devstack.stack import start_stack, stop_stack
 from tests.integration.stack import results_under
-from vehicle_core.synthetic import encode, make_scene
+from training.synthetic.scenes import encode, make_scene
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 

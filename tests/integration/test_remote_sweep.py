@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from devstack.demo import start_process, stop_process, wait_until
+from devstack.processes import start_process, stop_process, wait_until
 from tests.fixtures_models import write_labelled_images
 from tests.integration.stack import redis_url
 from training import cli

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from devstack.demo import stack_env, wait_until
+from devstack.processes import wait_until
+from devstack.stack import stack_env
 from producer.backfill import BackfillOptions, run_backfill
 from producer.events import KeyFilter
 from producer.queue_depth import depth_probe
 from producer.shards import listing_shards
 from tests.integration.stack import queued_tasks, redis_url
 from vehicle_core.config import load_settings
-from vehicle_core.results import ResultStamp, retry_marker_key
+from vehicle_core.results.contract import ResultStamp, retry_marker_key
 from vehicle_core.storage import ObjectStore
 from workers.messages import sender_app
 

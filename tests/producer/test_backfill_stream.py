@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from devstack.demo import stack_env, wait_until
+from devstack.processes import wait_until
+from devstack.stack import stack_env
 from producer.backfill import BackfillOptions, run_backfill
 from producer.events import KeyFilter
 from producer.queue_depth import depth_probe
 from producer.shards import listing_shards
 from tests.integration.stack import queued_tasks, redis_url
 from tests.producer.test_backfill import _put_many, _write_result
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from vehicle_core.storage import ObjectStore
 from workers.messages import CLASSIFY_TASK, DETECT_TASK, enqueue_image, enqueue_images, sender_app
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from producer.events import KeyFilter, MalformedEventError, parse_event_body
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 
 KEYS = KeyFilter(image_suffixes=(".jpg", ".png"), results_prefix="results/")
 

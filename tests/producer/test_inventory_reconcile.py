@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from devstack.demo import stack_env
+from devstack.stack import stack_env
 from producer.backfill import BackfillOptions, run_backfill
 from producer.events import KeyFilter
 from producer.inventory import Manifest

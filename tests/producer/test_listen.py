@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from devstack.demo import producer_argv, start_process, stop_process, wait_until
+from devstack.processes import start_process, stop_process, wait_until
 from devstack.servers import free_port
 from devstack.servers import redis_server as redis_server_on
+from devstack.stack import producer_argv
 from producer.events import KeyFilter
 from producer.listen import Listener
 from tests.integration.stack import queued_tasks, redis_url
@@ -284,7 +285,7 @@ def test_redrive_of_a_queue_without_a_redrive_policy_is_a_one_line_error(aws_env
 
 
 def test_listen_command_exits_0_on_sigterm(tmp_path: Path, aws_env, sqs, queue, redis_server):
-    from devstack.demo import stack_env
+    from devstack.stack import stack_env
 
     env = stack_env(broker_url=redis_url(redis_server), aws=aws_env, extra={"VP_PRODUCER__WAIT_TIME_S": "1"})
     proc = start_process("producer", producer_argv(queue), env, tmp_path, cwd=Path(__file__).resolve().parents[2])

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 import redis
 
-from devstack.demo import wait_until
+from devstack.processes import wait_until
 from producer import metrics
 from producer.events import KeyFilter
 from producer.listen import Listener

@@ -14,7 +14,7 @@ from vehicle_core.config import load_settings
 @pytest.mark.slow
 def test_demo_classifier_trains_once_and_labels_fresh_crops(tmp_path):
     from training.quickstart import ensure_demo_classifier
-    from training.synthetic_datasets import crop_examples
+    from training.synthetic.datasets import crop_examples
 
     settings = load_settings(env={})
     # When no demo model is cached, one is trained (how long it takes: docs/training.md)

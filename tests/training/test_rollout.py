@@ -16,7 +16,7 @@ from vehicle_core.crop import encode_crop
 from vehicle_core.messages import CropSet
 from vehicle_core.pipeline import ClassifyStage
 from vehicle_core.registry import RegistryWatcher
-from vehicle_core.results import Detection, SourceRef
+from vehicle_core.results.contract import Detection, SourceRef
 
 V1, V2 = "20260101-000000", "20260102-000000"
 

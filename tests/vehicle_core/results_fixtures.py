@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from vehicle_core.visualize import encode_image
+from vehicle_core.reports.visualize import encode_image
 
 MODELS = {"detector": {"name": "synthetic-maskrcnn-tiny", "version": "1"},
           "classifier": {"name": "demo-resnet50", "version": "v7"}}

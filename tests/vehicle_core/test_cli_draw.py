@@ -5,12 +5,12 @@ import json
 import cv2
 import numpy as np
 
-from vehicle_core.synthetic import encode, make_scene
+from training.synthetic.scenes import encode, make_scene
 
 
 def test_draw_writes_each_input_annotated_and_a_card_for_a_bad_one(classifier_artifact, monkeypatch, tmp_path,
                                                                     capsys):
-    from vehicle_core.cli import main
+    from vehicle_core.cli.classify import main
 
     monkeypatch.setenv("VP_CLASSIFIER__MODEL", str(classifier_artifact))
     scene = make_scene(np.random.default_rng(7), size=(320, 240), n_vehicles=(1, 1), scale=(0.5, 0.6))

@@ -6,7 +6,7 @@ import pytest
 from vehicle_core.config import CropSettings
 from vehicle_core.crop import crop_vehicles, decode_crop, encode_crop
 from vehicle_core.errors import UndecodableImageError
-from vehicle_core.results import Detection
+from vehicle_core.results.contract import Detection
 
 
 def settings(**kw):
@@ -88,7 +88,7 @@ def test_a_mask_window_blanks_like_the_full_image_mask():
 
     from vehicle_core.config import load_settings
     from vehicle_core.crop import crop_one
-    from vehicle_core.results import Detection
+    from vehicle_core.results.contract import Detection
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)

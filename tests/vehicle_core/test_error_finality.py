@@ -20,7 +20,7 @@ from vehicle_core.errors import (
     is_out_of_memory,
     not_final_codes,
 )
-from vehicle_core.results import (
+from vehicle_core.results.contract import (
     RETRIABLE,
     STATUS_ERROR,
     ImageResult,

@@ -9,8 +9,8 @@ import pytest
 from devstack.browser import chromium_binary, dump_dom, file_url, screenshot
 from tests.conftest import skip_or_fail
 from tests.vehicle_core.results_fixtures import documents
-from vehicle_core.gallery import gallery_item, write_gallery
-from vehicle_core.visualize import encode_image
+from vehicle_core.reports.gallery import gallery_item, write_gallery
+from vehicle_core.reports.visualize import encode_image
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from vehicle_core.cli_errors import log_format
+from vehicle_core.cli.errors import log_format
 from vehicle_core.logs import ContextFilter, JsonFormatter, TextFormatter, apply_format, log_context
 
 
@@ -84,7 +84,7 @@ def test_a_command_line_process_logs_json_lines_to_stderr():
     import subprocess
     import sys
 
-    code = ("import logging; from vehicle_core.cli_errors import configure_logging; "
+    code = ("import logging; from vehicle_core.cli.errors import configure_logging; "
             "from vehicle_core.logs import log_context; configure_logging('INFO', 'json'); "
             "exec('with log_context(bucket=\"b\", key=\"k.jpg\"):\\n logging.getLogger(\"producer.listen\").info(\"enqueued\")')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from vehicle_core.config import load_settings
-from vehicle_core.result_listing import ResultIndex
-from vehicle_core.results import ImageResult, SourceRef, result_key, retry_marker_key, source_key_of
+from vehicle_core.results.contract import ImageResult, SourceRef, result_key, retry_marker_key, source_key_of
+from vehicle_core.results.listing import ResultIndex
 from vehicle_core.storage import ObjectStore
 from workers.result_writer import is_answered, write_if_current
 

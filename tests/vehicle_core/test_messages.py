@@ -6,7 +6,14 @@ import pytest
 
 from vehicle_core.errors import MalformedMessageError
 from vehicle_core.messages import CropSet
-from vehicle_core.results import Detection, ModelInfo, SourceRef, is_result_key, result_key, source_key_of
+from vehicle_core.results.contract import (
+    Detection,
+    ModelInfo,
+    SourceRef,
+    is_result_key,
+    result_key,
+    source_key_of,
+)
 from vehicle_core.storage import normalize_etag
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.synthetic.scenes import make_scene
 from vehicle_core.classifier import load_classifier
 from vehicle_core.config import load_settings
 from vehicle_core.detection import build_detector
 from vehicle_core.detection.torchvision_backend import COCO_CATEGORIES, build_arch
-from vehicle_core.synthetic import make_scene
 
 
 def _detector_artifact(directory: Path) -> Path:

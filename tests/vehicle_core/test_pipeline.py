@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.synthetic.scenes import make_scene
 from vehicle_core.config import load_settings
 from vehicle_core.pipeline import CropSet, VehiclePipeline
-from vehicle_core.results import SourceRef, validate_result
-from vehicle_core.synthetic import make_scene
+from vehicle_core.results.contract import SourceRef, validate_result
 
 
 def iou(a, b):

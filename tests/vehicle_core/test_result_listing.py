@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from vehicle_core.result_listing import ResultIndex, results_start_after
-from vehicle_core.results import MISSING, RETRIABLE, STALE, ResultStamp, retry_marker_key, why_not_done
+from vehicle_core.results.contract import (
+    MISSING,
+    RETRIABLE,
+    STALE,
+    ResultStamp,
+    retry_marker_key,
+    why_not_done,
+)
+from vehicle_core.results.listing import ResultIndex, results_start_after
 from vehicle_core.storage import ObjectInfo
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 
 from vehicle_core.errors import UndecodableImageError, error_classes
-from vehicle_core.results import (
+from vehicle_core.results.contract import (
     Classification,
     Detection,
     ImageResult,
@@ -89,7 +89,7 @@ def test_schema_lists_every_error_code_the_project_defines():
 
 
 def test_two_source_buckets_never_share_a_result_in_a_results_bucket():
-    from vehicle_core.results import result_uri
+    from vehicle_core.results.contract import result_uri
 
     a, b = SourceRef("a", "x.jpg", etag="e"), SourceRef("b", "x.jpg", etag="e")
     assert result_uri(a, None, "results/") == "s3://a/results/x.jpg.json"  # beside the source: as before

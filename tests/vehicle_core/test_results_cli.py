@@ -6,8 +6,8 @@ import re
 import pytest
 
 from tests.vehicle_core.results_fixtures import upload
-from vehicle_core.result_reader import iter_result_documents
-from vehicle_core.results_cli import main
+from vehicle_core.cli.results import main
+from vehicle_core.results.reading import iter_result_documents
 from vehicle_core.storage import ObjectStore
 
 

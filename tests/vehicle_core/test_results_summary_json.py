@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.vehicle_core.results_fixtures import upload
-from vehicle_core.results_cli import main
+from vehicle_core.cli.results import main
 
 
 @pytest.fixture

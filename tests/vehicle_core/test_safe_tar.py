@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from vehicle_core.safe_tar import UnsafeArchiveError, extract_data
+from vehicle_core.storage.safe_tar import UnsafeArchiveError, extract_data
 
 
 def _archive(path, members: dict[str, bytes], *, link: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vehicle_core.visualize import (
+from vehicle_core.reports.visualize import (
     CARD_SIZE,
     draw_document,
     draw_result,

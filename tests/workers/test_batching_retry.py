@@ -12,7 +12,7 @@ import redis
 from tests.integration.stack import redis_url
 from vehicle_core.config import ResultSettings, load_settings
 from vehicle_core.errors import StorageUnavailableError, UndecodableImageError
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from workers.batching import retry_later
 from workers.messages import CLASSIFY_TASK, sender_app
 

@@ -24,7 +24,7 @@ from vehicle_core.errors import (
     VehiclePipelineError,
 )
 from vehicle_core.messages import CropSet
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from workers import dead_letters
 
 SOURCE = {"bucket": "photos", "key": "cam1/0001.jpg", "etag": "abc", "version_id": None, "size": 10}

@@ -56,11 +56,13 @@ def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
     from workers.app import app
     from workers.flower_server import list_queues_always, project_queues
 
-    assert project_queues(app.conf) == {"detect", "classify", "train"}
+    assert project_queues(app.conf) == {"detect", "classify"}  # the routes of workers/ (train: training's)
+    queues = project_queues(app.conf, app.vehicle_settings.broker)
+    assert queues == {"detect", "classify", "train"}
     only_classify = {"classify@h": {"active_queues": [{"name": "classify"}]}}
     handler = SimpleNamespace(application=SimpleNamespace(workers=only_classify), capp=app)
     assert BaseHandler.get_active_queue_names(handler) == ["classify"]  # Flower's own answer: the bug
-    list_queues_always(project_queues(app.conf))
+    list_queues_always(queues)
     assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect", "train"]
     handler.application.workers = {}
     assert BaseHandler.get_active_queue_names(handler) == ["classify", "detect", "train"]

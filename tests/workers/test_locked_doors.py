@@ -11,7 +11,7 @@ import redis
 from devstack.servers import redis_server
 from tests.integration.stack import queued_tasks
 from vehicle_core.config import load_settings, mask_secret
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from workers.crash_ledger import CrashLedger
 from workers.messages import DETECT_TASK, enqueue_image, sender_app
 
@@ -42,7 +42,7 @@ def test_without_the_password_redis_refuses(locked_redis):
 
 def test_secrets_are_masked_in_the_settings_output(locked_redis):
     env = {"PATH": "/usr/bin:/bin", "VP_BROKER__URL": locked_redis.url, "VP_FLOWER__BASIC_AUTH": f"ops:{PASSWORD}"}
-    out = subprocess.run([sys.executable, "-m", "vehicle_core.cli", "--settings"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "vehicle_core.cli.classify", "--settings"], capture_output=True, text=True,
                          env=env, timeout=120, check=True)
     assert PASSWORD not in out.stdout + out.stderr
     assert f"broker.url = 'redis://:***@127.0.0.1:{locked_redis.port}/0'" in out.stdout
@@ -75,7 +75,7 @@ def test_crop_via_celery_without_workers_does_not_print_the_broker_password(lock
 def test_log_lines_and_error_lines_mask_urls_with_passwords(capsys):
     import logging
 
-    from vehicle_core.cli_errors import report
+    from vehicle_core.cli.errors import report
     from vehicle_core.config import mask_urls
     from vehicle_core.errors import ConfigError
     from vehicle_core.logs import JsonFormatter, TextFormatter

@@ -13,7 +13,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from tests.integration.stack import free_port
-from vehicle_core.results import ImageResult, ModelInfo, SourceRef
+from vehicle_core.results.contract import ImageResult, ModelInfo, SourceRef
 from workers import metrics
 
 MODELS = {"detector": ModelInfo("maskrcnn", "d1"), "classifier": ModelInfo("resnet50", "v7")}
@@ -61,7 +61,7 @@ def test_a_new_model_version_replaces_the_old_one_in_model_info():
 NODE = textwrap.dedent('''
     import os, sys
     from workers import metrics
-    from vehicle_core.results import ImageResult, ModelInfo, SourceRef
+    from vehicle_core.results.contract import ImageResult, ModelInfo, SourceRef
     metrics.clear_multiprocess_dir()
     models = {"detector": ModelInfo("maskrcnn", "d1"), "classifier": ModelInfo("resnet50", "v7")}
     children = []
@@ -134,7 +134,8 @@ def test_a_celery_worker_node_serves_one_endpoint_from_its_main_process(redis_se
     logs.format=json reaches Celery's own handlers."""
     import json as _json
 
-    from devstack.demo import stack_env, start_process, stop_process, wait_until, worker_argv
+    from devstack.processes import start_process, stop_process, wait_until
+    from devstack.stack import stack_env, worker_argv
 
     client = redis.Redis.from_url(redis_server.url)
     client.delete("classify-node-test")

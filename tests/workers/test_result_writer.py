@@ -1,9 +1,9 @@
-"""The "done" rule and the stale-ETag rule for result documents (vehicle_core/results.py,
+"""The "done" rule and the stale-ETag rule for result documents (vehicle_core/results/contract.py,
 workers/result_writer.py)."""
 
 from __future__ import annotations
 
-from vehicle_core.results import ImageResult, ResultStamp, SourceRef, is_done, result_uri
+from vehicle_core.results.contract import ImageResult, ResultStamp, SourceRef, is_done, result_uri
 from vehicle_core.storage import ObjectInfo
 from workers.result_writer import GONE, STALE, WRITTEN, decide_write
 

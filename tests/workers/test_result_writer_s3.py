@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vehicle_core.config import ResultSettings, load_settings
-from vehicle_core.results import ImageResult, SourceRef
+from vehicle_core.results.contract import ImageResult, SourceRef
 from vehicle_core.storage import ObjectStore
 from workers.result_writer import GONE, STALE, WRITTEN, is_answered, write_error_result, write_if_current
 
@@ -75,7 +75,7 @@ def test_a_result_without_a_stamp_is_read_once_to_decide(s3, store, bucket):
 def test_a_retriable_error_leaves_a_retry_marker_that_a_listing_reads(s3, store, bucket):
     # Given: an image whose task gave up on a transient error, then one whose result is final
     from vehicle_core.errors import StorageUnavailableError, UndecodableImageError
-    from vehicle_core.result_listing import ResultIndex
+    from vehicle_core.results.listing import ResultIndex
 
     for key in ("t.jpg", "u.jpg"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")

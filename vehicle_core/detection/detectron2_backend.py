@@ -36,7 +36,7 @@ import numpy as np
 from vehicle_core.config import DetectorSettings, StorageSettings
 from vehicle_core.detection.base import DETECTOR_REGISTRY, BatchedDetector, keep_triton_away_from_tensorflow
 from vehicle_core.errors import ModelLoadError
-from vehicle_core.results import Detection, ModelInfo
+from vehicle_core.results.contract import Detection, ModelInfo
 
 ZOO_SCHEME = "detectron2://"
 DEFAULT_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"

@@ -23,7 +23,7 @@ import numpy as np
 from vehicle_core.config import DetectorSettings, StorageSettings
 from vehicle_core.detection.base import DETECTOR_REGISTRY, BatchedDetector, keep_triton_away_from_tensorflow
 from vehicle_core.errors import ConfigError, ModelLoadError
-from vehicle_core.results import Detection, ModelInfo
+from vehicle_core.results.contract import Detection, ModelInfo
 
 keep_triton_away_from_tensorflow()  # before torch/torchvision: see its docstring
 

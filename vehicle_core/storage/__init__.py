@@ -8,11 +8,11 @@
   ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag, checked against a SHA-256.
 """
 
+from vehicle_core.results.contract import normalize_etag
 from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local, sha256_of, verify_sha256
 from vehicle_core.storage.objects import ObjectInfo, ObjectStore, is_s3
 from vehicle_core.storage.s3 import (
     events_client,
-    normalize_etag,
     parse_s3_uri,
     s3_client,
     s3_uri,

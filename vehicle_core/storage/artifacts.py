@@ -17,9 +17,9 @@ from pathlib import Path
 
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ModelLoadError, VehiclePipelineError
-from vehicle_core.safe_tar import extract_data
 from vehicle_core.storage.objects import ObjectStore
 from vehicle_core.storage.s3 import parse_s3_uri
+from vehicle_core.storage.safe_tar import extract_data
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
@@ -149,7 +149,7 @@ def _extract_if_archive(archive: Path, out: Path) -> Path:
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                extract_data(tar, tmp)  # refuses traversal, absolute paths, devices (vehicle_core/safe_tar.py)
+                extract_data(tar, tmp)  # refuses traversal, absolute paths, devices (vehicle_core/storage/safe_tar.py)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise ModelLoadError(f"{archive}: unsafe, truncated or corrupt archive ({exc!r}); rebuild it") from exc
         with contextlib.suppress(OSError):

@@ -28,7 +28,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
-from vehicle_core.storage.s3 import check_key, normalize_etag, parse_s3_uri, s3_client, storage_error
+from vehicle_core.results.contract import normalize_etag
+from vehicle_core.storage.s3 import check_key, parse_s3_uri, s3_client, storage_error
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,6 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def normalize_etag(etag: str | None) -> str | None:
-    """S3 events give ETags bare, HEAD/GET/LIST in double quotes: compare and store them bare."""
-    if etag is None:
-        return None
-    return etag.strip().strip('"') or None
-
-
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 

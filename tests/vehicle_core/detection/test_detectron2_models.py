@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import skip_or_fail
+from training.synthetic.scenes import make_scene
 from vehicle_core.config import DetectorSettings, StorageSettings, load_settings
 from vehicle_core.detection import build_detector
 from vehicle_core.errors import ModelLoadError
-from vehicle_core.results import ModelInfo, SourceRef, validate_result
-from vehicle_core.synthetic import make_scene
+from vehicle_core.results.contract import ModelInfo, SourceRef, validate_result
 
 VEHICLES = ["car", "motorcycle", "bus", "truck"]
 SHIPPED = "zoo://synthetic-d2-maskrcnn-small"
@@ -58,7 +58,7 @@ def small(d2):
     """The shipped model's small config with random weights: (cfg, model). Seconds to build."""
     import torch
 
-    from vehicle_core.detection.train_detectron2 import small_cfg
+    from training.detection.detectron2_train import small_cfg
 
     torch.manual_seed(0)
     cfg = small_cfg()

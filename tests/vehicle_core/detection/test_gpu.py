@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_zoo_detector_on_cuda_finds_the_boxes_the_cpu_finds():
+    from training.synthetic.scenes import make_scene
     from vehicle_core.config import load_settings
     from vehicle_core.detection import build_detector
-    from vehicle_core.synthetic import make_scene
 
     settings = load_settings(env={})
     scenes = [make_scene(np.random.default_rng(seed), size=(320, 240)).image for seed in range(4)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vehicle_core.synthetic import make_scene
+from training.synthetic.scenes import make_scene
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ pasted at box resolution (the zoo detector on synthetic scenes)."""
 import numpy as np
 import pytest
 
+from training.synthetic.scenes import make_scene
 from vehicle_core.config import load_settings
 from vehicle_core.crop import crop_vehicles
-from vehicle_core.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from training.synthetic.scenes import make_scene
 from vehicle_core.config import DetectorSettings, StorageSettings
 from vehicle_core.detection.base import build_detector
 from vehicle_core.detection.torchvision_backend import ARCHES, COCO_CATEGORIES, build_arch
 from vehicle_core.errors import ConfigError, ModelLoadError
-from vehicle_core.synthetic import make_scene
 
 HEAVY = {"maskrcnn_resnet101_fpn", "fasterrcnn_resnet101_fpn", "maskrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn_v2"}
 

@@ -1,6 +1,6 @@
 """The in-process half of ``python -m devstack.bench pipeline``: the same models, one process, same objects.
 
-Run by devstack/bench.py in a fresh process with the stack's environment (same settings, same S3
+Run by devstack/bench/pipeline.py in a fresh process with the stack's environment (same settings, same S3
 endpoint and proxy), so it loads exactly what the workers load. It fetches each object through
 ``ObjectStore`` and runs ``VehiclePipeline.process_many`` on chunks of ``worker.batch_flush_every``
 images (the classify batch the workers aim for); models load and warm up on ``--warmup`` keys first,
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from vehicle_core import threads
     from vehicle_core.config import load_settings
     from vehicle_core.pipeline import VehiclePipeline
-    from vehicle_core.results import SourceRef
+    from vehicle_core.results.contract import SourceRef
     from vehicle_core.storage import ObjectStore
 
     settings = load_settings()

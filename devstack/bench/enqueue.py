@@ -1,4 +1,4 @@
-"""Enqueue throughput into Redis: ``python -m producer.bench_enqueue --keys N``.
+"""Enqueue throughput into Redis: ``python -m devstack.bench enqueue --keys N``.
 
 Sends N synthetic images down the detect -> classify chain into a scratch queue, once one message
 per round trip (``enqueue_image``, the old path; at most ``--single-keys`` of them) and once in
@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 
 from vehicle_core.config import load_settings
-from vehicle_core.results import SourceRef
+from vehicle_core.results.contract import SourceRef
 from workers.messages import enqueue_image, enqueue_images, sender_app
 
 
@@ -122,7 +122,7 @@ def _wait_for_redis(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m producer.bench_enqueue", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devstack.bench enqueue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=100_000, help="images sent by the batched path")
     parser.add_argument("--single-keys", type=int, default=5_000, help="images sent one at a time (the slow path)")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vehicle_core.visualize import draw_document, encode_image, label_colour
+from vehicle_core.reports.visualize import draw_document, encode_image, label_colour
 
 THUMB_SIDE = 360  # pixels on the longer side: sharp on a laptop screen, ~15 KB as JPEG
 

@@ -3,16 +3,16 @@
 It starts redis-server and moto's S3+SQS server on loopback (or attaches: ``--broker-url`` for
 Redis, ``AWS_ENDPOINT_URL`` with its credentials for S3+SQS), puts the devstack S3 proxy in front of
 S3 (it counts requests; ``--s3-latency-ms`` adds latency), starts the producer and the workers with
-the README's production command lines (``devstack.demo.worker_argv``; how many and their concurrency
+the README's production command lines (``devstack.stack.worker_argv``; how many and their concurrency
 are flags), uploads ``--images`` synthetic scene JPEGs and waits for every result. Then it stops the
 stack and runs the same models in one process over the same objects fetched from the same endpoint
-(``devstack.bench_inprocess``), and prints one table (devstack/bench_figures.py); ``--json`` writes
+(``devstack.bench.inprocess``), and prints one table (devstack/bench/figures.py); ``--json`` writes
 every figure. The last line is ``efficiency X.XX``: end-to-end images/s over in-process images/s.
 
 Two warm-up images go through first (models load on a worker's first task); CPU time, S3 requests,
 Redis commands and batch sizes count from after them until the last result is in (the steady window).
 What each image costs beyond the models is in rows a script can read back
-(``bench_figures.parse_table``): ``overhead ratio`` (worker CPU-s per image over the in-process run's),
+(``devstack.bench.figures.parse_table``): ``overhead ratio`` (worker CPU-s per image over the in-process run's),
 ``redis commands per image`` and ``redis CPU-µs per image`` (deltas of redis-server's ``INFO
 commandstats`` and ``INFO cpu``), ``broker ceiling (images/s per Redis core)`` (1 s over that CPU
 cost) and ``S3 requests per image`` (by HTTP method, counted by the proxy). ``--fake-models`` runs the
@@ -41,18 +41,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from devstack import bench_figures as figs
-from devstack.demo import (
-    Process,
-    start_process,
-    stop_process,
-    wait_until,
-    worker_argv,
-    worker_ready,
-)
+from devstack.bench import figures as figs
+from devstack.processes import Process, start_process, stop_process, wait_until
+from devstack.stack import worker_argv, worker_ready
 from workers.messages import DETECT_TASK
 
-log = logging.getLogger("devstack.bench")
+log = logging.getLogger("devstack.bench.pipeline")
 WARMUP = 2
 
 
@@ -95,7 +89,7 @@ def make_scenes(n: int, size: tuple[int, int], seed: int, prefix: str,
     0.13 s to draw and 0.5 MB to hold: 10,000 distinct ones would take 20 minutes and 5 GB)."""
     import numpy as np
 
-    from vehicle_core.synthetic import encode, make_scene
+    from training.synthetic.scenes import encode, make_scene
 
     rng = np.random.default_rng(seed)
     pool = [encode(make_scene(rng, size=size).image, ".jpg") for _ in range(min(n, distinct or n))]
@@ -162,11 +156,11 @@ class ResultWatcher:
 
 def start_workers(args: argparse.Namespace, env: dict[str, str], queue_url: str, log_dir: Path) -> list[Process]:
     """Producers and workers with the README's command lines; returns them once every worker answers a ping."""
-    from devstack.demo import producer_argv
+    from devstack.stack import producer_argv
     from vehicle_core.config import load_settings
     from workers.messages import sender_app
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     specs = [(f"detect-worker-{i}", worker_argv("detect", f"detect{i}@bench", concurrency=args.detect_concurrency))
              for i in range(args.detect_workers)]
     specs += [(f"classify-worker-{i}", worker_argv("classify", f"classify{i}@bench",
@@ -277,13 +271,13 @@ def _read_from(path: Path, offset: int) -> str:
 
 
 def run_inprocess(env: dict[str, str], bucket: str, keys: list[str], warmup: list[str], log_dir: Path) -> dict:
-    """The same models in one fresh process over the same objects (devstack/bench_inprocess.py)."""
+    """The same models in one fresh process over the same objects (devstack/bench/inprocess.py)."""
     out = log_dir / "inprocess.json"
-    argv = [sys.executable, "-m", "devstack.bench_inprocess", "--bucket", bucket, "--out", str(out),
+    argv = [sys.executable, "-m", "devstack.bench.inprocess", "--bucket", bucket, "--out", str(out),
             "--keys", ",".join(keys), "--warmup", ",".join(warmup)]
     with open(log_dir / "inprocess.log", "wb") as log_file:
         done = subprocess.run(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=Path(__file__).resolve().parents[2])
     if done.returncode != 0:
         raise RuntimeError(f"the in-process run failed ({done.returncode}); see {log_dir / 'inprocess.log'}")
     return json.loads(out.read_text())
@@ -293,9 +287,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; returns every figure (what ``--json`` writes)."""
     import boto3
 
-    from devstack.demo import stack_env
     from devstack.s3_proxy import s3_proxy
     from devstack.servers import wire_bucket_notifications
+    from devstack.stack import stack_env
 
     log_dir = Path(args.log_dir).resolve()
     classifier = _classifier(args)
@@ -435,9 +429,9 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from vehicle_core.cli_errors import OneLineParser
+    from vehicle_core.cli.errors import OneLineParser
 
-    p = OneLineParser(prog="python -m devstack.bench", description=__doc__,
+    p = OneLineParser(prog="python -m devstack.bench.pipeline", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("pipeline", help="end-to-end images/s of the whole stack vs the same models in one process")
@@ -484,7 +478,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vehicle_core.cli_errors import configure_logging
+    from vehicle_core.cli.errors import configure_logging
 
     args = parser().parse_args(argv)
     configure_logging("INFO")

@@ -87,7 +87,7 @@ class SourceRef:
     event_time: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "etag", _bare_etag(self.etag))
+        object.__setattr__(self, "etag", normalize_etag(self.etag))
 
     @property
     def uri(self) -> str:
@@ -121,8 +121,9 @@ class SourceRef:
                    version_id=data.get("version_id"), size=size, event_time=data.get("event_time"))
 
 
-def _bare_etag(etag: str | None) -> str | None:
-    # Same rule as vehicle_core.storage.normalize_etag; results.py stays free of boto3 imports.
+def normalize_etag(etag: str | None) -> str | None:
+    """S3 events give ETags bare, HEAD/GET/LIST in double quotes: the contract compares and stores them
+    bare (the storage layer uses this rule too: vehicle_core.storage.normalize_etag)."""
     if etag is None:
         return None
     return etag.strip().strip('"') or None
@@ -325,13 +326,13 @@ class ResultStamp:
         source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
         error = doc.get("error") if isinstance(doc.get("error"), dict) else {}
         etag = source.get("etag") if isinstance(source.get("etag"), str) else None
-        return cls(_bare_etag(etag), doc["status"], error.get("code"))
+        return cls(normalize_etag(etag), doc["status"], error.get("code"))
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ResultStamp | None:
         if cls.META_STATUS not in metadata:
             return None  # written before stamps existed: read the document instead
-        return cls(_bare_etag(metadata.get(cls.META_ETAG)) or None, metadata[cls.META_STATUS],
+        return cls(normalize_etag(metadata.get(cls.META_ETAG)) or None, metadata[cls.META_STATUS],
                    metadata.get(cls.META_ERROR) or None)
 
     @property
@@ -362,7 +363,7 @@ def why_not_done(stamp: ResultStamp | None, etag: str | None) -> str | None:
     """``None`` when :func:`is_done`, else :data:`MISSING`, :data:`STALE` or :data:`RETRIABLE`."""
     if stamp is None or etag is None:
         return MISSING
-    if stamp.etag != _bare_etag(etag):
+    if stamp.etag != normalize_etag(etag):
         return STALE
     return RETRIABLE if stamp.retriable else None
 

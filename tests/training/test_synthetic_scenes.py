@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vehicle_core.synthetic import CLASSES, encode, make_scene, make_vehicle_image, scene_dataset
+from training.synthetic.scenes import CLASSES, encode, make_scene, make_vehicle_image, scene_dataset
 
 
 def test_classes_map_six_labels_to_coco_vehicle_classes():

@@ -1,6 +1,6 @@
 """Labelled synthetic datasets written in the reader's layout (``<root>/<split>/<label>/<n>.png``).
 
-Two kinds, both from ``vehicle_core.synthetic`` scenes:
+Two kinds, both from ``training.synthetic.scenes`` scenes:
 
 * crops: one vehicle per scene, cut out with ``crop_vehicles`` exactly as the pipeline cuts detector
   boxes (margin, square padding, mask blanking), so a classifier trained on them sees what it will
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from vehicle_core.config import CropSettings
-from vehicle_core.results import Detection
+from vehicle_core.results.contract import Detection
 from vehicle_core.storage import ObjectStore
 
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -41,8 +41,8 @@ def crop_examples(
     seed: int, per_class: int, crop: CropSettings, *, scene_size: tuple[int, int] = (160, 120)
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(label, crop)`` pairs: ``per_class`` one-vehicle scenes per class, cut like the pipeline does."""
+    from training.synthetic.scenes import CLASSES, make_scene
     from vehicle_core.crop import crop_vehicles
-    from vehicle_core.synthetic import CLASSES, make_scene
 
     rng = np.random.default_rng(seed)
     for _ in range(per_class):
@@ -62,7 +62,7 @@ def write_crop_dataset(
     splits: Mapping[str, float] = DEFAULT_SPLITS,
 ) -> dict[str, int]:
     """Write ``per_class`` crops per class under ``root``; returns images written per split."""
-    from vehicle_core.synthetic import CLASSES, encode
+    from training.synthetic.scenes import CLASSES, encode
 
     plan = _split_plan(per_class, splits)
     written: dict[str, int] = {}
@@ -89,7 +89,7 @@ def write_scene_dataset(
     Small ``scale`` (vehicle length / image width) is the benchmark's point: the vehicle is a small
     part of a busy image, which is where cropping should help.
     """
-    from vehicle_core.synthetic import encode, make_scene
+    from training.synthetic.scenes import encode, make_scene
 
     rng = np.random.default_rng(seed)
     plan = _split_plan(n, splits)

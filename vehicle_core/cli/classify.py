@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
-from vehicle_core.config import load_settings
+from vehicle_core.cli.errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
+from vehicle_core.config import load_settings, settings_lines
 from vehicle_core.errors import InvalidInputError
-from vehicle_core.results import ImageResult, SourceRef
+from vehicle_core.results.contract import ImageResult, SourceRef
 
 
 def _read(target: str, store, max_bytes: int) -> tuple[bytes, SourceRef]:
@@ -41,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.settings:
-            flat = {f"{s}.{k}": v for s, values in settings.to_dict(masked=True).items() for k, v in values.items()}
-            for key, value in flat.items():
-                print(f"{key} = {value!r}  ({settings.sources.get(key, 'default')})")
+            print("\n".join(settings_lines(settings)))
             return 0
         from vehicle_core.pipeline import VehiclePipeline
         from vehicle_core.storage import ObjectStore
@@ -77,7 +75,7 @@ class _Drawer:
 
     def draw(self, target: str, data: bytes | None, document: dict, detections) -> Path:
         from vehicle_core.images import decode_image
-        from vehicle_core.visualize import draw_result, encode_image, error_card
+        from vehicle_core.reports.visualize import draw_result, encode_image, error_card
 
         if document["status"] == "error" or data is None:
             picture = error_card(document)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vehicle_core.cli_errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
+from vehicle_core.cli.errors import OneLineParser, configure_logging, log_format, log_level, report, s3_uri
 
 PROG = "vehicle-results"
 
@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary(args, store, settings) -> int:
-    from vehicle_core.result_reader import iter_result_documents
-    from vehicle_core.result_tables import Summary
+    from vehicle_core.results.reading import iter_result_documents
+    from vehicle_core.results.tables import Summary
 
     bucket, prefix = args.uri
     summary = Summary()
@@ -52,8 +52,8 @@ def _summary(args, store, settings) -> int:
 
 
 def _export(args, store, settings) -> int:
-    from vehicle_core.result_reader import iter_result_documents
-    from vehicle_core.result_tables import export_csv, export_parquet
+    from vehicle_core.results.reading import iter_result_documents
+    from vehicle_core.results.tables import export_csv, export_parquet
 
     bucket, prefix = args.uri
     out = Path(args.out or f"results.{args.format}")
@@ -64,8 +64,8 @@ def _export(args, store, settings) -> int:
 
 
 def _gallery(args, store, settings) -> int:
-    from vehicle_core.gallery import gallery_item, write_gallery
-    from vehicle_core.result_reader import iter_result_documents, read_source
+    from vehicle_core.reports.gallery import gallery_item, write_gallery
+    from vehicle_core.results.reading import iter_result_documents, read_source
 
     bucket, prefix = args.uri
     items = []

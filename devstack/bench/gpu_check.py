@@ -1,12 +1,12 @@
 """The GPU check in one call: fine-tune the card's R101-FPN on synthetic scenes, then measure.
 
-Run by ``devstack/gpu_check.sh`` (which installs the carried wheels and builds Detectron2 first on a
+Run by ``devstack/bench/gpu_check.sh`` (which installs the carried wheels and builds Detectron2 first on a
 GPU machine). Steps, each reported and timed; one that fails is reported and the others still run:
 
 1. ``finetune``: detectron2's Mask R-CNN R101-FPN (``mask_rcnn_R_101_FPN_3x``; from ``--init-artifact``
    (an R101 detector artifact carried along) or random initialisation, nothing is downloaded) trained for ``--minutes`` on synthetic scenes, written
    as a pickle-free detector artifact;
-2. ``detect detectron2`` / ``detect torchvision``: ``python -m vehicle_core.bench`` at batch 1/4/8/16,
+2. ``detect detectron2`` / ``detect torchvision``: ``python -m devstack.bench`` at batch 1/4/8/16,
    the fine-tuned artifact and torchvision's ``maskrcnn_resnet101_fpn`` (untrained: speed does not
    depend on the weights);
 3. ``classify``: crops/s of the ResNet50 classifier on Keras's torch backend;
@@ -17,8 +17,8 @@ Then one summary table against the targets (detect >= 140 img/s, classify >= 2,0
 efficiency >= 0.9). ``--dry-run``: the same code paths on the CPU at tiny sizes (seconds per step),
 no targets judged; CI runs it so the check cannot rot (tests/devstack/test_gpu_check.py).
 
-    python -m devstack.gpu_check --out /tmp/gpu-check            # on the GPU machine, via gpu_check.sh
-    python -m devstack.gpu_check --dry-run --out /tmp/gpu-dry    # anywhere, CPU, about a minute
+    python -m devstack.bench.gpu_check --out /tmp/gpu-check            # on the GPU machine, via gpu_check.sh
+    python -m devstack.bench.gpu_check --dry-run --out /tmp/gpu-dry    # anywhere, CPU, about a minute
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 R101_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
 TARGETS = {"detect": 140.0, "classify": 2000.0, "efficiency": 0.9}
 
@@ -49,7 +49,7 @@ class Plan:
     train_batch: int
     input_size: int  # detectron2 / torchvision short side, px
     scene: tuple[int, int]  # training scenes, width x height
-    bench_image: int  # side of vehicle_core.bench's synthetic scenes
+    bench_image: int  # side of devstack.bench.models's synthetic scenes
     detect_batches: str
     repeats: int
     classify_input: int
@@ -101,8 +101,8 @@ def finetune(plan: Plan, out: Path, init_artifact: str | None, seed: int = 0) ->
     """Train R101-FPN on synthetic scenes for ``plan.minutes`` (or ``plan.steps``); write its artifact."""
     import torch
 
+    from training.detection.detectron2_train import train
     from vehicle_core.detection.detectron2_backend import build_cfg, export_artifact
-    from vehicle_core.detection.train_detectron2 import train
 
     size = plan.input_size
     opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", plan.device,
@@ -122,7 +122,7 @@ def finetune(plan: Plan, out: Path, init_artifact: str | None, seed: int = 0) ->
 
 
 def bench_rows(text: str) -> list[dict[str, Any]]:
-    """The rows of ``python -m vehicle_core.bench``'s table: model, device, batch, images/s."""
+    """The rows of ``python -m devstack.bench``'s table: model, device, batch, images/s."""
     rows = []
     for m in re.finditer(r"^\|\s*(.+?)\s*\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|$", text, re.M):
         rows.append({"model": m.group(1), "device": m.group(2), "batch": int(m.group(3)),
@@ -141,7 +141,7 @@ def run_python(argv: list[str], env: dict[str, str], log: Path, timeout: float) 
 
 
 def bench_detect(plan: Plan, out: Path, backend: str, artifact: str | None) -> tuple[str, dict]:
-    argv = ["-m", "vehicle_core.bench", "--skip-classifier", "--detector-batches", plan.detect_batches,
+    argv = ["-m", "devstack.bench.models", "--skip-classifier", "--detector-batches", plan.detect_batches,
             "--image-size", str(plan.bench_image), "--repeats", str(plan.repeats)]
     env = {"VP_DETECTOR__DEVICE": plan.device}
     if backend == "detectron2":
@@ -164,7 +164,7 @@ def torch_keras_env(plan: Plan) -> dict[str, str]:
 
 
 def bench_classify(plan: Plan, out: Path) -> tuple[str, dict]:
-    argv = ["-m", "vehicle_core.bench", "--skip-detector", "--classifier-input", str(plan.classify_input),
+    argv = ["-m", "devstack.bench.models", "--skip-detector", "--classifier-input", str(plan.classify_input),
             "--classifier-batches", plan.classify_batches, "--repeats", str(plan.repeats),
             "--image-size", str(max(plan.bench_image, 256))]
     rows = bench_rows(run_python(argv, torch_keras_env(plan), out / "classify.log", timeout=600))
@@ -176,8 +176,8 @@ def bench_classify(plan: Plan, out: Path) -> tuple[str, dict]:
 
 def make_classifier(out: Path, input_size: int) -> Path:
     """An untrained ResNet50 classifier artifact (speed does not depend on the weights)."""
+    from training.synthetic.scenes import CLASSES
     from vehicle_core.classifier import build_classifier, make_manifest, save_artifact
-    from vehicle_core.synthetic import CLASSES
 
     names = list(CLASSES)
     model = build_classifier(names, input_size=input_size, weights=None, dropout=0.0)
@@ -190,9 +190,9 @@ def e2e(plan: Plan, out: Path, artifact: str) -> tuple[str, dict]:
     env = {**torch_keras_env(plan), "VP_DETECTOR__BACKEND": "detectron2", "VP_DETECTOR__MODEL": artifact,
            "VP_DETECTOR__DEVICE": "auto" if plan.device == "cuda" else "cpu", **plan.e2e_env}
     classifier = out / "classifier-artifact"
-    run_python(["-m", "devstack.gpu_check", "make-classifier", "--out", str(classifier), "--input", "128"],
+    run_python(["-m", "devstack.bench.gpu_check", "make-classifier", "--out", str(classifier), "--input", "128"],
                env, out / "make-classifier.log", timeout=600)
-    argv = ["-m", "devstack.bench", "pipeline", "--images", str(plan.e2e_images), "--size", plan.e2e_size,
+    argv = ["-m", "devstack.bench.pipeline", "pipeline", "--images", str(plan.e2e_images), "--size", plan.e2e_size,
             "--classifier", str(classifier), "--json", str(out / "e2e.json"), "--log-dir", str(out / "e2e-logs"),
             "--timeout", "600", *([] if plan.e2e_inprocess else ["--skip-inprocess", "--redis-idle-s", "0"])]
     run_python(argv, env, out / "e2e.log", timeout=900)
@@ -283,13 +283,13 @@ def check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["make-classifier"]:  # a helper step, run in a process with the torch Keras backend
-        p = argparse.ArgumentParser(prog="python -m devstack.gpu_check make-classifier")
+        p = argparse.ArgumentParser(prog="python -m devstack.bench.gpu_check make-classifier")
         p.add_argument("--out", required=True, type=Path)
         p.add_argument("--input", type=int, default=128)
         a = p.parse_args(argv[1:])
         print(make_classifier(a.out, a.input))
         return 0
-    p = argparse.ArgumentParser(prog="python -m devstack.gpu_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devstack.bench.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: every code path, no targets judged")
     p.add_argument("--out", default="gpu-check-out", help="artifacts, logs and summary.json (default gpu-check-out)")

@@ -1,7 +1,7 @@
 """The figures of ``python -m devstack.bench pipeline``: CPU time of processes, batch histograms from
 worker logs, latency and stage statistics of result documents, and the printed table.
 
-Kept apart from the orchestration (devstack/bench.py) so each part fits in one reading.
+Kept apart from the orchestration (devstack/bench/pipeline.py) so each part fits in one reading.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def histogram_text(hist: Counter | dict, empty: str) -> str:
 
 
 def table_lines(fig: dict[str, Any]) -> list[str]:
-    """The benchmark's table (Markdown), from the figures ``devstack.bench`` collected."""
+    """The benchmark's table (Markdown), from the figures ``devstack.bench.pipeline`` collected."""
     rows: list[tuple[str, str]] = [
         ("images (size)", f"{fig['images']} ({fig['image_size']}), results {_status(fig['status'])}"),
         ("stack", fig["stack"]),

@@ -1,6 +1,6 @@
 """Result documents as numbers and rows: a streaming summary, and CSV/Parquet export for Athena/pandas.
 
-Both consume documents one at a time (an iterator from :mod:`vehicle_core.result_reader`) and keep
+Both consume documents one at a time (an iterator from :mod:`vehicle_core.results.reading`) and keep
 only counters or one batch of rows, so a bucket of millions of results fits in a few MB.
 """
 

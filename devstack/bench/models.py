@@ -1,4 +1,4 @@
-"""Throughput of the detector and the classifier: ``python -m vehicle_core.bench``.
+"""Throughput of the detector and the classifier in one process: ``python -m devstack.bench [models]``.
 
 Prints one table row per (model, batch size): images per second and milliseconds per image, the
 median of ``--repeats`` timed batches after one warm-up batch. Inputs are synthetic scenes (detector)
@@ -6,15 +6,13 @@ and crops of them (classifier), so the numbers need no dataset. Speeds do not de
 values, so models can be benchmarked untrained (``--classifier-input``, ``--detector-arch``).
 Each row runs its whole batch in one forward pass.
 
-    python -m vehicle_core.bench                       # configured detector + ResNet50 classifier
-    python -m vehicle_core.bench --crop-messages 40    # ... and the size of crops on the wire
-    python -m vehicle_core.bench --skip-classifier --detector-arch maskrcnn_resnet101_fpn \
+    python -m devstack.bench                       # configured detector + ResNet50 classifier
+    python -m devstack.bench --crop-messages 40    # ... and the size of crops on the wire
+    python -m devstack.bench --skip-classifier --detector-arch maskrcnn_resnet101_fpn \
         --detector-min-size 800 --detector-batches 1,8  # the card's R101-FPN, untrained, torchvision
 
-The end-to-end figure (workers, queues, S3) and the enqueue rate run as other commands, started from
-here by name: ``python -m vehicle_core.bench pipeline --images 200`` (``python -m devstack.bench
-pipeline``) and ``python -m vehicle_core.bench enqueue --keys 20000`` (``python -m
-producer.bench_enqueue --start-redis``).
+The end-to-end figure (workers, queues, S3), the enqueue and backfill rates are the other
+subcommands of ``python -m devstack.bench`` (devstack/bench/__main__.py).
 """
 
 from __future__ import annotations
@@ -56,9 +54,9 @@ def time_batches(run: Callable[[list], object], inputs: list, batch: int, repeat
 
 def synthetic_inputs(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``n`` scenes of ``size`` x ``size`` pixels and one crop per vehicle in them."""
+    from training.synthetic.scenes import make_scene
     from vehicle_core.crop import crop_vehicles
-    from vehicle_core.results import Detection
-    from vehicle_core.synthetic import make_scene
+    from vehicle_core.results.contract import Detection
 
     settings = load_settings()
     rng = np.random.default_rng(seed)
@@ -115,6 +113,7 @@ def _device_of(detector) -> str:
 
 
 def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str) -> list[Row]:
+    from training.synthetic.scenes import CLASSES
     from vehicle_core.classifier import (
         VehicleClassifier,
         build_classifier,
@@ -122,7 +121,6 @@ def bench_classifier(args: argparse.Namespace, crops: list[np.ndarray], tmp: str
         save_artifact,
         use_backend,
     )
-    from vehicle_core.synthetic import CLASSES
 
     use_backend(load_settings().classifier.backend)  # classifier.backend: tensorflow (default) or torch
     device = classifier_device()
@@ -156,9 +154,9 @@ def crop_message_sizes(scene_sizes: Sequence[tuple[int, int]], n: int, seed: int
     """Markdown rows: how big the detect -> classify message (a CropSet with its JPEG crops) gets."""
     import json
 
+    from training.synthetic.scenes import encode, make_scene
     from vehicle_core.pipeline import DetectStage
-    from vehicle_core.results import SourceRef
-    from vehicle_core.synthetic import encode, make_scene
+    from vehicle_core.results.contract import SourceRef
 
     stage = DetectStage.from_settings(load_settings())
     rng = np.random.default_rng(seed)
@@ -215,30 +213,7 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-#: ``python -m vehicle_core.bench pipeline|enqueue ...`` runs these commands: they start servers and
-#: workers, which the library may not import (tests/test_import_directions.py), so they are run by
-#: module name in a new process, not imported.
-DELEGATED = {"pipeline": ("devstack.bench", "pipeline"), "enqueue": ("producer.bench_enqueue",)}
-
-
-def delegated_argv(argv: Sequence[str]) -> list[str] | None:
-    """The command line a ``pipeline`` or ``enqueue`` subcommand runs; None for the model benchmark."""
-    if not argv or argv[0] not in DELEGATED:
-        return None
-    rest = list(argv[1:])
-    if argv[0] == "enqueue" and "--broker" not in rest and "--start-redis" not in rest:
-        rest.insert(0, "--start-redis")  # a throwaway redis-server unless a broker is named
-    return ["-m", *DELEGATED[argv[0]], *rest]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    import subprocess
-    import sys
-
-    command = delegated_argv(sys.argv[1:] if argv is None else list(argv))
-    if command is not None:
-        print(f"running: python {' '.join(command)}", file=sys.stderr, flush=True)
-        raise SystemExit(subprocess.call([sys.executable, *command]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")
     parser.add_argument("--classifier-batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")

@@ -15,7 +15,7 @@ A listing carries each object's LastModified but no user metadata, so the rule r
   the result was overtaken by a later final result;
 * same second (source and result, or result and marker): LastModified has a 1-second granularity,
   so the listing cannot order them; one HEAD of the result reads its metadata stamp and
-  :func:`vehicle_core.results.why_not_done` decides (a GET only for a result written before stamps
+  :func:`vehicle_core.results.contract.why_not_done` decides (a GET only for a result written before stamps
   existed). A retriable error result usually meets its marker in the same second: one HEAD each.
 
 Caveats: the result writer's HEAD-then-PUT race (docs in ``workers/result_writer.py``) is inherited;
@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 
-from vehicle_core.results import (
+from vehicle_core.results.contract import (
     MISSING,
     RETRIABLE,
     RETRY_MARKER_SUFFIX,

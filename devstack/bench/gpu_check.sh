@@ -3,19 +3,19 @@
 # torch/torchvision/opencv/numpy preinstalled:
 #   1. a virtualenv over the system's packages (so their torch is used) at $VENV;
 #   2. the project and its dependencies from the wheels carried along ($WHEELS, no index: the machine
-#      may have no network; make them here with `devstack/gpu_check.sh --make-wheels DIR`);
+#      may have no network; make them here with `devstack/bench/gpu_check.sh --make-wheels DIR`);
 #   3. Detectron2 built from the vendored source ($D2_TARBALL) for this GPU's architecture only;
-#   4. python -m devstack.gpu_check: fine-tune R101-FPN, detect img/s at batch 1/4/8/16 on both
+#   4. python -m devstack.bench.gpu_check: fine-tune R101-FPN, detect img/s at batch 1/4/8/16 on both
 #      backends, classify crops/s on Keras's torch backend, end-to-end img/s through redis-server and
 #      the loopback S3; a summary table against the targets.
 #
-#   devstack/gpu_check.sh                        # on the GPU machine (under 8 minutes)
-#   devstack/gpu_check.sh --dry-run              # anywhere: CPU, tiny sizes, the current interpreter
-#   devstack/gpu_check.sh --make-wheels DIR      # here: the wheels to carry (project + its dependencies,
+#   devstack/bench/gpu_check.sh                        # on the GPU machine (under 8 minutes)
+#   devstack/bench/gpu_check.sh --dry-run              # anywhere: CPU, tiny sizes, the current interpreter
+#   devstack/bench/gpu_check.sh --make-wheels DIR      # here: the wheels to carry (project + its dependencies,
 #                                                # without torch/torchvision/opencv/numpy/tensorflow)
-# Other arguments go to python -m devstack.gpu_check (e.g. --minutes 3 --out DIR --skip-e2e).
+# Other arguments go to python -m devstack.bench.gpu_check (e.g. --minutes 3 --out DIR --skip-e2e).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # What the GPU machine needs beside its torch/torchvision/opencv/numpy: the project with its workers
 # extra, Keras (the classifier on its torch backend; no TensorFlow), the loopback servers (moto, and
@@ -53,12 +53,12 @@ fi
 
 if [ "$dry_run" = 1 ]; then
   # The current interpreter and its packages: nothing is installed or built.
-  exec "${PYTHON:-python3}" -m devstack.gpu_check "${args[@]}"
+  exec "${PYTHON:-python3}" -m devstack.bench.gpu_check "${args[@]}"
 fi
 
 started=$(date +%s)
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L; then
-  echo "no NVIDIA GPU here: run devstack/gpu_check.sh --dry-run instead" >&2
+  echo "no NVIDIA GPU here: run devstack/bench/gpu_check.sh --dry-run instead" >&2
   exit 2
 fi
 VENV="${VENV:-/tmp/vp-gpu-venv}"
@@ -89,6 +89,6 @@ if ! "$py" -c "import detectron2" 2>/dev/null; then
 fi
 echo "set-up took $(( $(date +%s) - started )) s"
 status=0
-"$py" -m devstack.gpu_check "${args[@]}" || status=$?
+"$py" -m devstack.bench.gpu_check "${args[@]}" || status=$?
 echo "gpu check took $(( $(date +%s) - started )) s in all"
 exit $status

@@ -1,19 +1,18 @@
 """Train a small detectron2 Mask R-CNN on synthetic scenes and write a detectron2 detector artifact.
 
-    python -m vehicle_core.detection.train_detectron2 --out vehicle_core/zoo/synthetic-d2-maskrcnn-small \\
+    python -m training.detection.detectron2_train --out vehicle_core/zoo/synthetic-d2-maskrcnn-small \\
         --seed 0 --minutes 12
 
 The model is detectron2's own Mask R-CNN R-50-FPN config (``BASE_CONFIG``) narrowed by ``SMALL_OPTS``
 (ResNet-50 at 1/8 width with BatchNorm, 64-channel FPN, slim heads, anchors for wide side views, 256 px
 input), so the artifact is plain detectron2 config + weights and needs no code of ours to build. It
-trains from random initialisation on scenes drawn on the fly from ``vehicle_core.synthetic`` (seeded),
-with the torchvision tiny model's scene distribution and held-out scoring (see ``train_synthetic``):
+trains from random initialisation on scenes drawn on the fly from ``training.synthetic.scenes`` (seeded),
+with the torchvision tiny model's scene distribution and held-out scoring (``training/detection/common.py``):
 recall at IoU 0.5 with the right class and precision at the default score threshold, in the manifest.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.detection.common import SCENE, SIZE, parser, score_held_out, speed_metrics
+from training.synthetic.scenes import make_scene
 from vehicle_core.detection.detectron2_backend import (
     build_cfg,
     build_model,
@@ -28,8 +29,6 @@ from vehicle_core.detection.detectron2_backend import (
     export_artifact,
     load_weights,
 )
-from vehicle_core.detection.train_synthetic import SCENE, SIZE, score_held_out, time_per_image
-from vehicle_core.synthetic import make_scene
 
 NAME = "synthetic-d2-maskrcnn-small"
 BASE_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
@@ -102,7 +101,7 @@ def _lr(max_lr: float, progress: float, warmup: float) -> float:
 def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | None = None, max_lr: float = 2e-3,
           cfg=None, scene: dict | None = None):
     """(cfg, trained model in eval mode, steps run). ``init``: an artifact to continue from. ``cfg``:
-    another detectron2 config than :func:`small_cfg` (e.g. the card's R101-FPN, devstack/gpu_check.py);
+    another detectron2 config than :func:`small_cfg` (e.g. the card's R101-FPN, devstack/bench/gpu_check.py);
     ``scene``: ``make_scene`` arguments other than ``SCENE``.
 
     The learning rate follows whichever budget, steps or minutes, is nearer its end, so that a run cut
@@ -143,7 +142,7 @@ def train(seed: int, steps: int, minutes: float, batch: int = 4, init: Path | No
 @torch.inference_mode()
 def evaluate(model, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str, float]:
     """Recall (IoU >= 0.5, right COCO class) and precision at ``threshold`` on ``n`` fresh scenes,
-    scored as the torchvision model is (``train_synthetic.score_held_out``)."""
+    scored as the torchvision model is (``training.detection.common.score_held_out``)."""
     classes = coco_thing_classes()
     # Boxes under the threshold are not scored; not producing them spares pasting their masks.
     predictor = model.roi_heads.box_predictor
@@ -161,28 +160,16 @@ def evaluate(model, seed: int, n: int = 100, threshold: float = 0.5) -> dict[str
         predictor.test_score_thresh = saved
 
 
-def time_cpu(model, batch: int, repeats: int = 5) -> float:
-    """Median ms per image on CPU at ``batch`` images per forward pass."""
-    rng = np.random.default_rng(123)
-    return time_per_image(model, [_input(make_scene(rng, **SCENE)) for _ in range(batch)], repeats)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train, evaluate, time and write ``--out`` (config.yaml + model.pth + manifest.json)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, default=12.0)
-    p.add_argument("--threads", type=int, default=2)
+    p = parser(__doc__.splitlines()[0])
     p.add_argument("--init", type=Path, help="artifact directory to continue training from")
     p.add_argument("--lr", type=float, default=2e-3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg, model, steps = train(args.seed, args.steps, args.minutes, init=args.init, max_lr=args.lr)
     metrics = evaluate(model, seed=args.seed + 10_000)
-    metrics.update({"train_steps": steps, "cpu_threads": args.threads,
-                    "cpu_ms_per_image_batch1": time_cpu(model, 1), "cpu_ms_per_image_batch8": time_cpu(model, 8)})
+    metrics.update(speed_metrics(model, _input, steps, args.threads))
     version = f"seed{args.seed}-steps{steps}"
     if args.init is not None:
         version = json.loads((args.init / "manifest.json").read_text())["version"] + "+" + version

@@ -1,4 +1,4 @@
-"""Backfill and reconcile at scale on loopback servers: ``python -m devstack.bench_backfill --keys N``.
+"""Backfill and reconcile at scale on loopback servers: ``python -m devstack.bench backfill --keys N``.
 
 moto's S3 over HTTP and a redis-server; N tiny objects. Prints, for each run of the real
 ``vehicle-producer`` process: wall time, keys/s, its peak RSS and its S3 requests per 1,000 keys.
@@ -25,11 +25,12 @@ from pathlib import Path
 import boto3
 import redis
 
-from devstack.demo import stack_env, wait_until
+from devstack.processes import wait_until
 from devstack.servers import aws_env, moto_server, redis_server
-from vehicle_core.results import ResultStamp
+from devstack.stack import stack_env
+from vehicle_core.results.contract import ResultStamp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "bench-detect"
 
 
@@ -134,7 +135,7 @@ def _table(rows, keys: int) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m devstack.bench_backfill", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack.bench backfill", description=__doc__)
     parser.add_argument("--keys", type=int, default=20_000)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     return parser

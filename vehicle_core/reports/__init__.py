@@ -1,0 +1,2 @@
+"""Pictures of results for people: boxes and labels drawn on images (visualize.py), the HTML gallery
+(gallery.py)."""
