@@ -25,7 +25,7 @@ def test_the_dry_run_goes_through_every_step_on_the_cpu(tmp_path):
         skip_or_fail(f"the dry run needs redis-server and detectron2: {exc}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_", "KERAS_"))}
     env["PYTHON"] = sys.executable
-    done = subprocess.run(["bash", str(ROOT / "devstack" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+    done = subprocess.run(["bash", str(ROOT / "devstack" / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = {s["name"]: s for s in json.loads((tmp_path / "summary.json").read_text())}
