@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("vehicle-pipeline", set_as_current=True)
     app.config_from_object(celery_config(settings))
     app.conf.include = ["workers.tasks"]
-    app.vehicle_settings = settings  # read by workers.tasks and workers.models
+    app.vehicle_settings = settings  # read by workers.tasks (and its holders, workers.holders)
     return app
 
 
