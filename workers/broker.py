@@ -13,6 +13,15 @@ the broker answers, and only then hands it to the worker. While it waits, the br
 the consumer could not do anything else. A cold shutdown (``should_terminate``) ends the wait; that
 one message is then found by ``vehicle-producer reconcile`` (no result: ``missing``).
 
+A second fault of the same family: a batch that celery-batches buffered across a reconnect is acked
+on the channel it came from, which closed with the old connection. kombu's ``QoS.ack`` then asks a
+closed channel for a client (``AttributeError: 'NoneType' object has no attribute 'hostname'``),
+which Celery treats as unrecoverable: the worker process exits. Nothing is lost by that (closing the
+channel put its unacked messages back on their queue, or the visibility timeout does), but a worker
+that dies on every Redis restart is a fault of its own. :class:`QoS` drops an ack or reject on a
+closed channel instead: the message runs again (one duplicate, absorbed by the idempotent result
+writes). ``tests/workers/test_broker_closed_channel.py`` shows both.
+
 Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broker URLs (:func:`install`).
 """
 
@@ -61,6 +70,27 @@ class QoS(kombu_redis.QoS):
                 delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
             else:  # pragma: no cover - the return above leaves the loop
                 break
+
+    def _channel_closed(self) -> bool:
+        channel = self.channel
+        connection = getattr(channel, "connection", None)
+        return bool(getattr(channel, "closed", False)) or connection is None or connection.client is None
+
+    def ack(self, delivery_tag):
+        if self._channel_closed():
+            log.info("ack of message %s on a channel closed by a lost connection: dropped (closing the "
+                     "channel returned the message to its queue; it runs again)", delivery_tag)
+            self._quick_ack(delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if self._channel_closed():
+            log.info("reject of message %s on a channel closed by a lost connection: dropped (the message "
+                     "is back on its queue already)", delivery_tag)
+            self._quick_ack(delivery_tag)
+            return
+        super().reject(delivery_tag, requeue=requeue)
 
 
 def _task_id(message) -> str | None:
