@@ -35,7 +35,7 @@ def test_workers_cannot_write_outside_results_nor_move_the_registry_pointer():
 
 
 def test_workers_can_read_the_results_they_check_before_writing():
-    # The worker HEADs a result before processing and before writing it (HeadObject needs s3:GetObject):
+    # The worker HEADs a result its conditional PUT found, or before a redelivery (HeadObject needs s3:GetObject):
     # with results.bucket set, BUCKET/* does not cover RESULTS_BUCKET.
     workers = _policies()[2]
     reads = [s for s in workers["Statement"] if "s3:GetObject" in json.dumps(s["Action"])]

@@ -160,6 +160,10 @@ class ResultSettings:
         "results/", "result key = prefix + source key + \".json\" (prefix + source bucket + \"/\" + key + "
         "\".json\" in a results bucket of its own; `results/_long/<sha256>.json` when too long for S3)",
         check=bool, must="a non-empty prefix (results must never overwrite inputs)")
+    conditional_writes: bool = setting(
+        True, "write results with S3 conditional requests (PUT If-None-Match / If-Match: 2 S3 requests per "
+        "image); false = HEAD the source before each PUT (4 requests), for S3-compatible stores that "
+        "ignore those headers")
 
 
 @dataclass(frozen=True)

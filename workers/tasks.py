@@ -152,7 +152,7 @@ def detect_crop(self, requests) -> dict[str, Any]:
 def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
     stage = holders.detect.get()
     prepared, waiting = [], []
-    for (request, source), outcome in zip(group, holders.fetchers.get().map(_fetch, [s for _, s in group]), strict=True):
+    for (request, source), outcome in zip(group, holders.fetchers.get().map(_fetch, group), strict=True):
         if outcome == "answered":
             log.info("skip %s etag=%s: result exists", source.uri, source.etag)
             metrics.TASKS.labels(task.name, "skipped").inc()
@@ -190,11 +190,15 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
                                "error": crop_set.error, "batch_images": len(prepared)}))
 
 
-def _fetch(source: SourceRef):
-    """In a fetcher thread: "answered", a transient exception, or ``(CropSet, Decoded | None)``."""
+def _fetch(item: tuple[Any, SourceRef]):
+    """In a fetcher thread: "answered", a transient exception, or ``(CropSet, Decoded | None)``.
+
+    Only a message that may be a repeat HEADs its result first (with conditional writes, a first
+    delivery learns that at its PUT: workers/result_writer.py)."""
+    request, source = item
     store = holders.store.get()
     try:
-        answered = result_writer.is_answered(store, source, settings.results)
+        answered = may_repeat(request, settings.results) and result_writer.is_answered(store, source, settings.results)
     except InvalidInputError as exc:  # the *result* refused or rejected: a setting or a policy, never the image
         return ConfigError(f"cannot read the result of {source.uri} ({exc.code}: {exc.message}); the workers "
                            "need s3:GetObject on the results (docs/iam.md)")
@@ -212,6 +216,16 @@ def _fetch(source: SourceRef):
     read = replace(source, etag=info.etag or source.etag, version_id=info.version_id or source.version_id,
                    size=info.size)
     return holders.detect.get().prepare(data, read)
+
+
+def may_repeat(request, results) -> bool:
+    """True unless ``request`` is the first delivery of its first attempt (or conditional writes are off,
+    when every image is checked before work): a message redelivered by the broker (a process or
+    connection lost, a requeue) or re-sent for a retry may find its answer already written."""
+    if not results.conditional_writes or batching.attempt_of(request):
+        return True
+    info = getattr(request, "delivery_info", None) or (getattr(request, "request_dict", None) or {}).get("delivery_info")
+    return bool((info or {}).get("redelivered"))
 
 
 def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, ground_truth: dict | None,

@@ -119,6 +119,26 @@ def test_local_paths_have_the_same_verbs(tmp_path, storage):
         store.get(str(tmp_path / "nope.bin"))
 
 
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_conditional_puts_write_only_where_the_condition_holds(aws_env, storage, bucket, tmp_path, where):
+    from vehicle_core.storage import PreconditionFailed
+
+    store = ObjectStore(storage)
+    uri = f"s3://{bucket}/c/x.json" if where == "s3" else str(tmp_path / "c" / "x.json")
+    store.put(uri, b"one", if_none_match=True)  # nothing there: written
+    with pytest.raises(PreconditionFailed):
+        store.put(uri, b"two", if_none_match=True)
+    first = store.head(uri).etag
+    store.put(uri, b"three", if_match=first)  # compare-and-swap on the ETag just read
+    with pytest.raises(PreconditionFailed):
+        store.put(uri, b"four", if_match=first)  # that ETag is gone
+    assert store.get(uri)[0] == b"three"
+    store.delete(uri)
+    with pytest.raises(PreconditionFailed):
+        store.put(uri, b"five", if_match=first)  # no object to match
+    assert store.head(uri) is None
+
+
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
     [(404, "NoSuchKey", SourceNotFoundError), (404, "NoSuchBucket", SourceNotFoundError),

@@ -9,8 +9,8 @@ A listing carries each object's LastModified but no user metadata, so the rule r
 
 * no result -> ``missing``;
 * result older than the source (whole seconds) -> ``stale``: written for an earlier upload;
-* result newer than the source -> it describes this upload (the result writer HEADs the source and
-  drops a result whose source changed), unless a retry marker (``<result key>.retry``, written
+* result newer than the source -> it describes this upload (the result writer never replaces a
+  newer upload's result: workers/result_writer.py), unless a retry marker (``<result key>.retry``, written
   after a retriable error result) is newer than the result -> ``retriable``; a marker older than
   the result was overtaken by a later final result;
 * same second (source and result, or result and marker): LastModified has a 1-second granularity,
@@ -18,7 +18,9 @@ A listing carries each object's LastModified but no user metadata, so the rule r
   :func:`vehicle_core.results.contract.why_not_done` decides (a GET only for a result written before stamps
   existed). A retriable error result usually meets its marker in the same second: one HEAD each.
 
-Caveats: the result writer's HEAD-then-PUT race (docs in ``workers/result_writer.py``) is inherited;
+Caveats: the result writer's window is inherited (``workers/result_writer.py``): an upload landing
+while the previous upload of its key is being worked on, before that one's result exists, is listed
+as done until its own task replaces that result (``--verify`` tells; so does the task, when it runs);
 a worker killed between a retriable error result and its marker leaves that error looking done
 (``reconcile --verify`` HEADs every result and closes that gap at one HEAD per image).
 """
@@ -49,10 +51,13 @@ def read_stamp(store: ObjectStore, uri: str) -> ResultStamp | None:
     """What the result at ``uri`` says of itself: one HEAD (its metadata stamp); a result written
     before stamps existed is read in full once. None when there is no result."""
     head = store.head(uri)
-    if head is None:
-        return None
+    return None if head is None else stamp_of(store, head)
+
+
+def stamp_of(store: ObjectStore, head: ObjectInfo) -> ResultStamp | None:
+    """The stamp in the metadata of a HEAD of a result, or (written before stamps existed) in its document."""
     stamp = ResultStamp.from_metadata(head.metadata)
-    return stamp if stamp is not None else ResultStamp.from_document(store.get_json(uri))
+    return stamp if stamp is not None else ResultStamp.from_document(store.get_json(head.uri))
 
 
 class ResultIndex:

@@ -2,15 +2,15 @@
 
 * :mod:`vehicle_core.storage.s3` — boto3 clients honouring ``AWS_ENDPOINT_URL(_S3)`` with adaptive
   retries, ``s3://`` URIs, ETags, and :func:`storage_error`, the one translation of botocore errors;
-* :mod:`vehicle_core.storage.objects` — :class:`ObjectStore`: head, get (bounded), get_json, put,
-  list, delete over ``s3://`` URIs and local paths;
+* :mod:`vehicle_core.storage.objects` — :class:`ObjectStore`: head, get (bounded), get_json, put
+  (conditional: If-None-Match / If-Match), list, delete over ``s3://`` URIs and local paths;
 * :mod:`vehicle_core.storage.artifacts` — :func:`resolve_local` for model artifacts (``zoo://``,
   ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag, checked against a SHA-256.
 """
 
 from vehicle_core.results.contract import normalize_etag
 from vehicle_core.storage.artifacts import ZOO_DIR, resolve_local, sha256_of, verify_sha256
-from vehicle_core.storage.objects import ObjectInfo, ObjectStore, is_s3
+from vehicle_core.storage.objects import ObjectInfo, ObjectStore, PreconditionFailed, is_s3
 from vehicle_core.storage.s3 import (
     events_client,
     parse_s3_uri,
@@ -25,6 +25,7 @@ __all__ = [
     "ZOO_DIR",
     "ObjectInfo",
     "ObjectStore",
+    "PreconditionFailed",
     "events_client",
     "sts_client",
     "is_s3",

@@ -20,7 +20,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
 from vehicle_core.results.contract import normalize_etag
-from vehicle_core.storage.s3 import check_key, parse_s3_uri, s3_client, storage_error
+from vehicle_core.storage.s3 import check_key, error_code, http_status, parse_s3_uri, s3_client, storage_error
+
+
+class PreconditionFailed(Exception):  # noqa: N818 - S3's own name for it
+    """A conditional write found the object other than required (it exists, or has another ETag).
+    Not an error of the pipeline: the writer reads what is there and decides again."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"the condition on writing {uri} did not hold")
+        self.uri = uri
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,8 @@ class ObjectStore:
         Only a 404 is "does not exist": a 403 raises AccessDeniedError (a refusal is not a deletion).
         """
         if not is_s3(uri):
-            path = Path(uri)
-            return _local_info(path) if path.is_file() else None
+            path = Path(uri)  # with an MD5 ETag, as S3 gives a single-part upload (``put(if_match=...)``)
+            return replace(_local_info(path), etag=hashlib.md5(path.read_bytes()).hexdigest()) if path.is_file() else None
         bucket, key = _checked(uri)
         try:
             resp = self.client.head_object(Bucket=bucket, Key=key)
@@ -186,12 +195,19 @@ class ObjectStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def put(self, uri: str, data: bytes, *, content_type: str | None = None,
-            metadata: dict[str, str] | None = None) -> None:
+            metadata: dict[str, str] | None = None, if_none_match: bool = False,
+            if_match: str | None = None) -> None:
         """Store ``data`` at ``uri`` (local parent folders created); ``metadata`` becomes S3 user
-        metadata (``x-amz-meta-*``), readable by HEAD and by listings that ask for it."""
+        metadata (``x-amz-meta-*``), readable by HEAD and by listings that ask for it.
+
+        Conditional writes (S3's ``If-None-Match: *`` and ``If-Match: <etag>``): ``if_none_match``
+        writes only where no object exists, ``if_match`` only over the object with that ETag; when the
+        condition does not hold (an If-Match object gone included; or S3 reports a concurrent conditional
+        write, 409), nothing is written
+        and :class:`PreconditionFailed` is raised: the caller reads what is there and decides again.
+        """
         if not is_s3(uri):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            Path(uri).write_bytes(data)
+            _put_local(Path(uri), data, if_none_match=if_none_match, if_match=if_match)
             return
         bucket, key = _checked(uri)
         extra: dict[str, Any] = {}
@@ -199,15 +215,23 @@ class ObjectStore:
             extra["ContentType"] = content_type
         if metadata:
             extra["Metadata"] = metadata
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = f'"{normalize_etag(if_match)}"'
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
         except (ClientError, BotoCoreError) as exc:
+            if (if_none_match or if_match is not None) and _condition_failed(exc, if_match is not None):
+                raise PreconditionFailed(uri) from exc
             raise storage_error(exc, "PUT", uri) from exc
 
-    def put_json(self, uri: str, document: Any, *, metadata: dict[str, str] | None = None) -> None:
-        """Write ``document`` as compact UTF-8 JSON."""
+    def put_json(self, uri: str, document: Any, *, metadata: dict[str, str] | None = None,
+                 if_none_match: bool = False, if_match: str | None = None) -> None:
+        """Write ``document`` as compact UTF-8 JSON (conditions as in :meth:`put`)."""
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        self.put(uri, body, content_type="application/json", metadata=metadata)
+        self.put(uri, body, content_type="application/json", metadata=metadata, if_none_match=if_none_match,
+                 if_match=if_match)
 
     def delete(self, uri: str) -> None:
         """Remove the object (nothing there is fine, as in S3)."""
@@ -262,6 +286,34 @@ class ObjectStore:
             raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _condition_failed(exc: Exception, if_match: bool) -> bool:
+    """412 PreconditionFailed; 409 ConditionalRequestConflict (another conditional write to the key in
+    progress: S3 asks the caller to read and try again); 404 for If-Match (the object is gone)."""
+    if not isinstance(exc, ClientError):
+        return False
+    status, code = http_status(exc), error_code(exc)
+    return status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+        (if_match and (status == 404 or code == "NoSuchKey"))
+
+
+_LOCAL_WRITE_LOCK = threading.Lock()
+
+
+def _put_local(path: Path, data: bytes, *, if_none_match: bool, if_match: str | None) -> None:
+    """A local write with S3's conditions (checked under a lock: one process's threads, as in tests);
+    written to a temporary file and renamed, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _LOCAL_WRITE_LOCK:
+        if if_none_match and path.exists():
+            raise PreconditionFailed(str(path))
+        if if_match is not None and (not path.is_file() or
+                                     hashlib.md5(path.read_bytes()).hexdigest() != normalize_etag(if_match)):
+            raise PreconditionFailed(str(path))
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
@@ -280,8 +332,6 @@ def _info(uri: str, key: str, resp: dict[str, Any]) -> ObjectInfo:
 
 
 def _with_size(info: ObjectInfo, size: int) -> ObjectInfo:
-    from dataclasses import replace
-
     return replace(info, size=size)
 
 

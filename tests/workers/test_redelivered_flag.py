@@ -1,0 +1,79 @@
+"""Which deliveries HEAD their result before work (``workers.tasks.may_repeat``): only a message that may
+be a repeat. On a real redis-server, through the workers' transport: a first delivery is not flagged; one
+requeued by a reject (a batch whose process died) or restored when its consumer's connection closed
+(a worker stopped or lost) is, and a re-sent retry says so in its ``attempt``."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from celery_batches import SimpleRequest
+from kombu import Connection, Consumer, Exchange, Queue
+
+from vehicle_core.config import ResultSettings
+from workers.broker import TRANSPORT
+from workers.tasks import may_repeat
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "redelivered-flag"
+RESULTS = ResultSettings(bucket=None, prefix="results/")
+
+
+@pytest.fixture
+def url(redis_server):
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    yield f"redis://127.0.0.1:{redis_server.port}/0"
+    client.flushall()
+
+
+def _request(delivery_info: dict, kwargs: dict | None = None) -> SimpleRequest:
+    # as celery-batches builds it from Celery's Request, which copies the message's delivery_info
+    return SimpleRequest("id", "detect", [{}], kwargs or {}, dict(delivery_info), "w@h", True, None, None, {})
+
+
+def _take(url: str) -> tuple[Connection, object]:
+    queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), QUEUE)
+    conn = Connection(url, transport=TRANSPORT)
+    got = []
+    with Consumer(conn, [queue], callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+        conn.drain_events(timeout=10)
+    assert len(got) == 1
+    return conn, got[0]
+
+
+def _publish(url: str) -> None:
+    queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), QUEUE)
+    with Connection(url) as conn:
+        conn.Producer(serializer="json").publish({"n": 1}, exchange=queue.exchange, routing_key=QUEUE,
+                                                 declare=[queue])
+
+
+def test_a_first_delivery_skips_the_check_and_a_requeued_one_makes_it(url):
+    _publish(url)
+    conn, first = _take(url)
+    assert not may_repeat(_request(first.delivery_info), RESULTS)
+    first.reject(requeue=True)  # what workers/batching.py does with the batch of a dead process
+    conn.release()
+    conn, again = _take(url)
+    assert may_repeat(_request(again.delivery_info), RESULTS)
+    again.ack()
+    conn.release()
+
+
+def test_a_message_restored_when_its_consumer_went_away_makes_the_check(url):
+    _publish(url)
+    conn, held = _take(url)
+    conn.release()  # closed holding it, unacked: the transport restores it to the queue
+    conn, again = _take(url)
+    assert again.payload == {"n": 1}
+    assert may_repeat(_request(again.delivery_info), RESULTS)
+    again.ack()
+    conn.release()
+
+
+def test_a_retry_or_conditional_writes_off_make_the_check():
+    assert may_repeat(_request({}, {"attempt": 1}), RESULTS)
+    assert may_repeat(_request({}), ResultSettings(bucket=None, prefix="results/", conditional_writes=False))
+    assert not may_repeat(_request({}), RESULTS)
