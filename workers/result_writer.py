@@ -12,8 +12,9 @@ in two S3 requests per image on the common path (the GET of the image and one PU
   else STALE (a newer upload exists: its own task writes its result) or GONE (deleted since);
 * a replacement is a compare-and-swap, PUT with ``If-Match`` on the ETag of the result just read: a
   writer that lost the race reads again and decides again.
-* before work, only a message that may be a repeat (redelivered, or re-sent for a retry) HEADs its
-  result (:func:`is_answered`) so a done image is not run through the models again.
+* before work, only a message that may be a repeat (not from an S3 event, i.e. backfill or reconcile;
+  redelivered; re-sent for a retry: ``workers.tasks.may_repeat``) HEADs its result (:func:`is_answered`),
+  so a done image is not run through the models again.
 
 What the order costs: the result describes the bytes the task read (their ETag); an upload that lands
 between that GET and the PUT, while no result exists yet, leaves the older upload's result in place

@@ -198,7 +198,8 @@ def _fetch(item: tuple[Any, SourceRef]):
     request, source = item
     store = holders.store.get()
     try:
-        answered = may_repeat(request, settings.results) and result_writer.is_answered(store, source, settings.results)
+        answered = may_repeat(request, source, settings.results) and \
+            result_writer.is_answered(store, source, settings.results)
     except InvalidInputError as exc:  # the *result* refused or rejected: a setting or a policy, never the image
         return ConfigError(f"cannot read the result of {source.uri} ({exc.code}: {exc.message}); the workers "
                            "need s3:GetObject on the results (docs/iam.md)")
@@ -218,11 +219,13 @@ def _fetch(item: tuple[Any, SourceRef]):
     return holders.detect.get().prepare(data, read)
 
 
-def may_repeat(request, results) -> bool:
-    """True unless ``request`` is the first delivery of its first attempt (or conditional writes are off,
-    when every image is checked before work): a message redelivered by the broker (a process or
-    connection lost, a requeue) or re-sent for a retry may find its answer already written."""
-    if not results.conditional_writes or batching.attempt_of(request):
+def may_repeat(request, source: SourceRef, results) -> bool:
+    """Whether to HEAD the result before work: False only for the first delivery of the first attempt
+    of an S3 event's message (a new upload; a duplicate event learns it at its conditional PUT). A
+    message not from an event (backfill, reconcile: they may name images already answered), one
+    redelivered by the broker (a process or connection lost, a requeue) or re-sent for a retry is
+    checked; so is every message when conditional writes are off."""
+    if not results.conditional_writes or source.event_time is None or batching.attempt_of(request):
         return True
     info = getattr(request, "delivery_info", None) or (getattr(request, "request_dict", None) or {}).get("delivery_info")
     return bool((info or {}).get("redelivered"))

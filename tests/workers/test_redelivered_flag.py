@@ -1,7 +1,8 @@
 """Which deliveries HEAD their result before work (``workers.tasks.may_repeat``): only a message that may
-be a repeat. On a real redis-server, through the workers' transport: a first delivery is not flagged; one
-requeued by a reject (a batch whose process died) or restored when its consumer's connection closed
-(a worker stopped or lost) is, and a re-sent retry says so in its ``attempt``."""
+be a repeat. On a real redis-server, through the workers' transport: an S3 event's first delivery is not
+flagged; one requeued by a reject (a batch whose process died) or restored when its consumer's connection
+closed (a worker stopped or lost) is; a re-sent retry says so in its ``attempt``, and a message that no
+event sent (backfill, reconcile) is always checked."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from celery_batches import SimpleRequest
 from kombu import Connection, Consumer, Exchange, Queue
 
 from vehicle_core.config import ResultSettings
+from vehicle_core.results.contract import SourceRef
 from workers.broker import TRANSPORT
 from workers.tasks import may_repeat
 
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 QUEUE = "redelivered-flag"
 RESULTS = ResultSettings(bucket=None, prefix="results/")
+EVENT = SourceRef("b", "k.jpg", etag="e1", event_time="2026-12-03T15:00:00.000Z")
 
 
 @pytest.fixture
@@ -53,11 +56,11 @@ def _publish(url: str) -> None:
 def test_a_first_delivery_skips_the_check_and_a_requeued_one_makes_it(url):
     _publish(url)
     conn, first = _take(url)
-    assert not may_repeat(_request(first.delivery_info), RESULTS)
+    assert not may_repeat(_request(first.delivery_info), EVENT, RESULTS)
     first.reject(requeue=True)  # what workers/batching.py does with the batch of a dead process
     conn.release()
     conn, again = _take(url)
-    assert may_repeat(_request(again.delivery_info), RESULTS)
+    assert may_repeat(_request(again.delivery_info), EVENT, RESULTS)
     again.ack()
     conn.release()
 
@@ -68,12 +71,13 @@ def test_a_message_restored_when_its_consumer_went_away_makes_the_check(url):
     conn.release()  # closed holding it, unacked: the transport restores it to the queue
     conn, again = _take(url)
     assert again.payload == {"n": 1}
-    assert may_repeat(_request(again.delivery_info), RESULTS)
+    assert may_repeat(_request(again.delivery_info), EVENT, RESULTS)
     again.ack()
     conn.release()
 
 
-def test_a_retry_or_conditional_writes_off_make_the_check():
-    assert may_repeat(_request({}, {"attempt": 1}), RESULTS)
-    assert may_repeat(_request({}), ResultSettings(bucket=None, prefix="results/", conditional_writes=False))
-    assert not may_repeat(_request({}), RESULTS)
+def test_a_retry_a_backfill_or_conditional_writes_off_make_the_check():
+    assert may_repeat(_request({}, {"attempt": 1}), EVENT, RESULTS)
+    assert may_repeat(_request({}), EVENT, ResultSettings(bucket=None, prefix="results/", conditional_writes=False))
+    assert may_repeat(_request({}), SourceRef("b", "k.jpg", etag="e1"), RESULTS)  # no event: backfill, reconcile
+    assert not may_repeat(_request({}), EVENT, RESULTS)

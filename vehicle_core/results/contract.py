@@ -75,8 +75,10 @@ class SourceRef:
 
     The ETag is kept bare (S3 events give it bare, HEAD/LIST in quotes). :meth:`from_dict` validates a
     received message and raises :class:`MalformedMessageError` for anything that is not one.
-    ``event_time`` (ISO 8601, from the S3 event; None for backfill) only measures upload -> result
-    latency: it is not part of the object's identity, and ``to_dict`` names it only when known.
+    ``event_time`` (ISO 8601, from the S3 event; None for backfill) measures upload -> result latency
+    and tells a new upload's message from one that may name an image already answered (the detect task
+    checks those first: ``workers.tasks.may_repeat``); it is not part of the object's identity, and
+    ``to_dict`` names it only when known.
     """
 
     bucket: str
