@@ -60,8 +60,9 @@ class QoS(kombu_redis.QoS):
             except self.channel.connection_errors as exc:
                 attempts += 1
                 if _terminating():
-                    log.error("broker unreachable at shutdown: message %s (task %s) not recorded; the producer's "
-                              "sweep re-sends its image", delivery_tag, _task_id(message))
+                    log.error("broker unreachable at shutdown: message %s (task %s) not recorded; its image has "
+                              "no result, which `vehicle-producer reconcile` finds and sends again",
+                              delivery_tag, _task_id(message))
                     raise
                 if attempts == 1 or attempts % 20 == 0:
                     log.warning("broker unreachable while recording message %s (task %s), taken off its queue: "
@@ -71,10 +72,12 @@ class QoS(kombu_redis.QoS):
             else:  # pragma: no cover - the return above leaves the loop
                 break
 
+    def _connection_lost(self) -> bool:
+        connection = getattr(self.channel, "connection", None)
+        return connection is None or connection.client is None
+
     def _channel_closed(self) -> bool:
-        channel = self.channel
-        connection = getattr(channel, "connection", None)
-        return bool(getattr(channel, "closed", False)) or connection is None or connection.client is None
+        return bool(getattr(self.channel, "closed", False)) or self._connection_lost()
 
     def ack(self, delivery_tag):
         if self._channel_closed():
@@ -83,6 +86,15 @@ class QoS(kombu_redis.QoS):
             self._quick_ack(delivery_tag)
             return
         super().ack(delivery_tag)
+
+    def restore_unacked_once(self, stderr=None):
+        # At exit (a multiprocessing finalizer) or on close: with the connection gone there is nothing to
+        # restore through; the messages stay recorded as unacked, and come back after the visibility timeout.
+        if self._connection_lost():  # (a channel closing normally is marked closed first, then restores)
+            log.info("%d unacked message(s) not restored on a channel closed by a lost connection: they stay "
+                     "recorded and come back after broker.visibility_timeout_s", len(self._delivered))
+            return None
+        return super().restore_unacked_once(stderr)
 
     def reject(self, delivery_tag, requeue=False):
         if self._channel_closed():

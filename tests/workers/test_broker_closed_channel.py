@@ -62,3 +62,17 @@ def test_kombus_own_transport_raises_there(redis_server, client):
     message = _take_then_lose_transport(redis_server.port, "kombu.transport.redis:Transport", client)
     with pytest.raises(AttributeError):
         message.ack()
+    message.channel.qos.restore_at_shutdown = False  # its exit finalizer would raise the same
+
+
+def test_the_restore_at_exit_on_a_lost_channel_leaves_the_message_recorded(redis_server, client):
+    # kombu registers restore_unacked_once as an exit finalizer; on a lost channel its own QoS raises there
+    # (a traceback at the end of a worker's or a test run's output)
+    message = _take_then_lose_transport(redis_server.port, TRANSPORT, client)
+    message.channel.qos.restore_unacked_once()
+    assert client.hlen("unacked") == 1 and client.llen(QUEUE) == 0  # still recorded: the visibility timeout restores it
+    client.flushall()
+    stock = _take_then_lose_transport(redis_server.port, "kombu.transport.redis:Transport", client)
+    with pytest.raises(AttributeError):
+        stock.channel.qos.restore_unacked_once()
+    stock.channel.qos.restore_at_shutdown = False  # not again at this test run's exit
