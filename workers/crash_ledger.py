@@ -40,24 +40,21 @@ class CrashLedger:
         (its previous delivery died holding it). Call once per delivery, before :meth:`in_flight`."""
         if not ids:
             return {}
-        pipe = self.client.pipeline()
+        # One round trip, no MULTI/EXEC: a message is delivered to one consumer at a time, so nothing
+        # else touches its keys meanwhile. DEL says whether a mark was left behind; one MGET reads the counts.
+        pipe = self.client.pipeline(transaction=False)
         for message_id in ids:
             pipe.delete(IN_FLIGHT + message_id)  # 1 when a mark was left behind
-        left_behind = pipe.execute()
-        pipe = self.client.pipeline()
-        for message_id, died in zip(ids, left_behind, strict=True):
-            if died:
+        pipe.mget([CRASHES + message_id for message_id in ids])
+        *left_behind, counts = pipe.execute()
+        out = {message_id: int(count or 0) for message_id, count in zip(ids, counts, strict=True)}
+        died = [message_id for message_id, gone in zip(ids, left_behind, strict=True) if gone]
+        if died:  # rare: one more round trip to count the deaths
+            pipe = self.client.pipeline(transaction=False)
+            for message_id in died:
                 pipe.incr(CRASHES + message_id)
                 pipe.expire(CRASHES + message_id, self.ttl_s)
-            else:
-                pipe.get(CRASHES + message_id)
-        replies = iter(pipe.execute())
-        out = {}
-        for message_id, died in zip(ids, left_behind, strict=True):
-            value = next(replies)
-            if died:
-                next(replies)  # the EXPIRE's reply
-            out[message_id] = int(value or 0)
+            out.update(zip(died, (int(n) for n in pipe.execute()[::2]), strict=True))
         return out
 
     def given_up(self, crashes: int) -> bool:
@@ -87,7 +84,7 @@ class CrashLedger:
         if not ids:
             yield
             return
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=False)
         for message_id in ids:
             pipe.set(IN_FLIGHT + message_id, b"1", ex=self.ttl_s)
         pipe.execute()

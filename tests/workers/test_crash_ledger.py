@@ -85,3 +85,18 @@ def test_an_exception_escaping_the_work_counts_like_a_death(ledger):
     with pytest.raises(ZeroDivisionError), ledger.in_flight([buggy]):
         1 / 0  # noqa: B018
     assert ledger.crashes([buggy]) == {buggy: 1}
+
+
+def _commands(client) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items() if name.startswith("cmdstat_")}
+
+
+def test_a_clean_batch_costs_two_commands_per_message_and_two_per_batch(ledger):
+    # What the broker pays for the ledger on the common path (docs/scale.md): DEL + SET per message,
+    # one MGET and one DEL per batch, no MULTI/EXEC; counted by redis-server itself
+    ids = _ids(8)
+    ledger.client.config_resetstat()
+    assert _deliver(ledger, ids) == (ids, [])
+    spent = {name: n for name, n in _commands(ledger.client).items() if not name.startswith(("config", "info"))}
+    assert spent == {"del": 8 + 1, "mget": 1, "set": 8}
