@@ -149,6 +149,14 @@ def prefetch_for(queue: str, settings) -> int:
     return base
 
 
+def redelivered(request) -> bool:
+    """Whether the broker gave this message back after an earlier delivery (a requeue, a restore after
+    a lost worker or connection, the visibility timeout): kombu's Redis transport marks each one, and
+    Celery's request (and celery-batches' copy of it) carries the mark in ``delivery_info``."""
+    info = getattr(request, "delivery_info", None) or (getattr(request, "request_dict", None) or {}).get("delivery_info")
+    return bool((info or {}).get("redelivered"))
+
+
 def attempt_of(request) -> int:
     """How many times this request was already re-sent by :func:`retry_later`."""
     return int((request.kwargs or {}).get("attempt", 0))

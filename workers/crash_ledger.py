@@ -13,6 +13,12 @@ a time, each under its own mark, so the next death is counted against the one re
 it, and its batch-mates finish. After ``worker.max_deliveries`` crashes a message is given up.
 
 Marks expire (``ttl_s``, above the task time limit) so a message finished elsewhere leaves nothing.
+
+Only a redelivered message can have a mark left behind (a delivery that died is the only way to leave
+one, and the broker marks every message it gives back: kombu's Redis transport sets ``redelivered``
+on each message it restores, whether requeued by workers/batching.py or after the visibility
+timeout). So :meth:`CrashLedger.triage` checks only the items its caller says were redelivered: a
+first delivery costs the broker one SET, and one DEL per batch clears the marks.
 """
 
 from __future__ import annotations
@@ -60,11 +66,14 @@ class CrashLedger:
     def given_up(self, crashes: int) -> bool:
         return crashes >= self.max_deliveries
 
-    def triage(self, items: Sequence[T], key: Callable[[T], str]) -> tuple[list[tuple[T, int]], list[list[T]]]:
+    def triage(self, items: Sequence[T], key: Callable[[T], str],
+               redelivered: Callable[[T], bool] = lambda _item: True) -> tuple[list[tuple[T, int]], list[list[T]]]:
         """One delivery of a batch: ``(given_up, groups)``. Items with no crash share the first group;
         each suspect gets a group of its own (so the next death is its alone); items past
-        ``max_deliveries`` come back in ``given_up`` with their crash count."""
-        crashes = self.crashes([key(item) for item in items])
+        ``max_deliveries`` come back in ``given_up`` with their crash count. Only items for which
+        ``redelivered`` is true are looked up (a first delivery has no crash to count)."""
+        crashes = dict.fromkeys((key(item) for item in items), 0)
+        crashes.update(self.crashes([key(item) for item in items if redelivered(item)]))
         given_up, fresh, suspects = [], [], []
         for item in items:
             n = crashes[key(item)]

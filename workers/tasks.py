@@ -225,10 +225,8 @@ def may_repeat(request, source: SourceRef, results) -> bool:
     message not from an event (backfill, reconcile: they may name images already answered), one
     redelivered by the broker (a process or connection lost, a requeue) or re-sent for a retry is
     checked; so is every message when conditional writes are off."""
-    if not results.conditional_writes or source.event_time is None or batching.attempt_of(request):
-        return True
-    info = getattr(request, "delivery_info", None) or (getattr(request, "request_dict", None) or {}).get("delivery_info")
-    return bool((info or {}).get("redelivered"))
+    return not results.conditional_writes or source.event_time is None or bool(batching.attempt_of(request)) \
+        or batching.redelivered(request)
 
 
 def crop_dataset_chunk(self, examples: list[dict[str, str]], dst_root: str, ground_truth: dict | None,
@@ -277,7 +275,8 @@ def _run_batch(task, requests, stage: str, parse, source_of, run_group, *, load)
                 batching.QUEUE: queue, "results": [summary for _, summary in done]}
     metrics.MODEL_READY.labels(stage).set(1)
     ledger, store = holders.ledger.get(), holders.store.get()
-    given_up, groups = ledger.triage(todo, key=lambda item: f"{stage}:{item[0].id}")
+    given_up, groups = ledger.triage(todo, key=lambda item: f"{stage}:{item[0].id}",
+                                     redelivered=lambda item: batching.redelivered(item[0]))
     for (request, item), crashes in given_up:
         done.append((request, _give_up_crashed(store, source_of(item), crashes)))
         ledger.forget([f"{stage}:{request.id}"])

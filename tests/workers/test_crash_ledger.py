@@ -100,3 +100,20 @@ def test_a_clean_batch_costs_two_commands_per_message_and_two_per_batch(ledger):
     assert _deliver(ledger, ids) == (ids, [])
     spent = {name: n for name, n in _commands(ledger.client).items() if not name.startswith(("config", "info"))}
     assert spent == {"del": 8 + 1, "mget": 1, "set": 8}
+
+
+def test_a_first_delivery_costs_one_set_per_message_and_only_redeliveries_are_looked_up(ledger):
+    ids = _ids(8)
+    ledger.client.config_resetstat()
+    given_up, groups = ledger.triage(ids, key=str, redelivered=lambda _: False)
+    assert (given_up, groups) == ([], [ids])
+    with ledger.in_flight(ids):
+        pass
+    spent = {name: n for name, n in _commands(ledger.client).items() if not name.startswith(("config", "info"))}
+    assert spent == {"set": 8, "del": 1}
+    # A process dies holding two of them: their redelivery (marked by the broker) is looked up, and
+    # each becomes a suspect of its own
+    with pytest.raises(ProcessDied), ledger.in_flight(ids[:2]):
+        raise ProcessDied
+    given_up, groups = ledger.triage(ids, key=str, redelivered=lambda i: i in ids[:2])
+    assert given_up == [] and groups == [ids[2:], [ids[0]], [ids[1]]]
