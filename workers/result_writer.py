@@ -38,7 +38,6 @@ from vehicle_core.results.contract import (
     ResultStamp,
     SourceRef,
     is_done,
-    normalize_etag,
     result_uri,
 )
 from vehicle_core.results.listing import read_stamp, stamp_of
@@ -84,11 +83,11 @@ def decide_over(processed: ImageResult, existing: ResultStamp | None, store: Obj
     """What to do with ``processed`` where a result already exists (its ``existing`` stamp; None when
     unreadable): WRITTEN (replace it), ANSWERED (the same upload is already answered for good), STALE
     or GONE (the source changed or vanished since; one HEAD of the source decides)."""
-    etag = processed.source.etag
-    if existing is not None and etag is not None and normalize_etag(existing.etag) == normalize_etag(etag):
-        return ANSWERED if is_done(existing, etag) else WRITTEN
+    etag = processed.source.etag  # both ETags bare (SourceRef and ResultStamp normalize them)
     if existing is None:
         return WRITTEN  # an unreadable document answers nothing
+    if etag is not None and existing.etag == etag:
+        return ANSWERED if is_done(existing, etag) else WRITTEN
     return decide_write(processed.source, store.head(processed.source.uri))
 
 

@@ -100,8 +100,8 @@ class ObjectStore:
         Only a 404 is "does not exist": a 403 raises AccessDeniedError (a refusal is not a deletion).
         """
         if not is_s3(uri):
-            path = Path(uri)  # with an MD5 ETag, as S3 gives a single-part upload (``put(if_match=...)``)
-            return replace(_local_info(path), etag=hashlib.md5(path.read_bytes()).hexdigest()) if path.is_file() else None
+            path = Path(uri)
+            return replace(_local_info(path), etag=_local_etag(path)) if path.is_file() else None
         bucket, key = _checked(uri)
         try:
             resp = self.client.head_object(Bucket=bucket, Key=key)
@@ -299,6 +299,13 @@ def _condition_failed(exc: Exception, if_match: bool) -> bool:
 _LOCAL_WRITE_LOCK = threading.Lock()
 
 
+def _local_etag(path: Path) -> str:
+    """A local file's version tag for ``put(if_match=...)``: its modification time (ns) and size, read
+    from one stat (not its MD5, which would read a model archive whole on every HEAD)."""
+    stat = path.stat()
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
 def _put_local(path: Path, data: bytes, *, if_none_match: bool, if_match: str | None) -> None:
     """A local write with S3's conditions (checked under a lock: one process's threads, as in tests);
     written to a temporary file and renamed, so a reader never sees half of it."""
@@ -306,8 +313,7 @@ def _put_local(path: Path, data: bytes, *, if_none_match: bool, if_match: str | 
     with _LOCAL_WRITE_LOCK:
         if if_none_match and path.exists():
             raise PreconditionFailed(str(path))
-        if if_match is not None and (not path.is_file() or
-                                     hashlib.md5(path.read_bytes()).hexdigest() != normalize_etag(if_match)):
+        if if_match is not None and (not path.is_file() or _local_etag(path) != normalize_etag(if_match)):
             raise PreconditionFailed(str(path))
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
         tmp.write_bytes(data)
