@@ -42,8 +42,11 @@ def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | N
     return env
 
 
-def worker_ready(app, name: str) -> bool:
-    """True once worker ``name`` answers a broadcast ping."""
+def worker_ready(app, name: str, process: Process | None = None) -> bool:
+    """True once worker ``name`` answers a broadcast ping (Redis), or once its log says it is ready
+    (SQS carries no broadcasts: ``celery@host ready.`` is Celery's line once it consumes)."""
+    if process is not None and app.conf.broker_url.startswith("sqs://"):
+        return process.log_path.exists() and f"{name} ready." in process.log_path.read_text(errors="replace")
     replies = app.control.ping(destination=[name], timeout=1.0) or []
     return any(name in reply for reply in replies)
 
@@ -91,16 +94,18 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
                   flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
     root = Path(__file__).resolve().parents[1]
+    sqs = broker_url.startswith("sqs://")
     for name, argv in (
         ("detect-worker", worker_argv("detect", "detect@demo")),
         ("classify-worker", worker_argv("classify", "classify@demo")),
         ("producer", producer_argv(queue_url)),
-        ("flower", flower_argv(flower_port)),
+        *([] if sqs else [("flower", flower_argv(flower_port))]),  # on SQS Flower has nothing to show
     ):
         stack.processes.append(start_process(name, argv, env, log_dir, cwd=root))
-    app = sender_app(_broker_settings(broker_url))
-    for name in ("detect@demo", "classify@demo"):
-        wait_until(lambda n=name: stack.check_alive() or worker_ready(app, n), timeout=180, what=f"worker {name}")
+    app = sender_app(_broker_settings(env))
+    for name, proc in (("detect@demo", stack.processes[0]), ("classify@demo", stack.processes[1])):
+        wait_until(lambda n=name, p=proc: stack.check_alive() or worker_ready(app, n, p), timeout=180,
+                   what=f"worker {name}")
     return stack
 
 
@@ -110,7 +115,7 @@ def stop_stack(stack: Stack) -> None:
         stop_process(proc)
 
 
-def _broker_settings(broker_url: str):
+def _broker_settings(env: dict[str, str]):
     from vehicle_core.config import load_settings
 
-    return load_settings(env={"VP_BROKER__URL": broker_url}).broker
+    return load_settings(env={k: v for k, v in env.items() if k.startswith("VP_BROKER__")}).broker

@@ -42,6 +42,9 @@ def sweep_on_train_workers(spec: SweepSpec, text: str, out: str, settings: Setti
     if not is_s3(out):
         raise ValueError("--via celery: the train workers write to S3, give --out s3://bucket/prefix")
     queue = settings.broker.train_queue
+    if settings.broker.kind != "redis":  # finding the train workers is a broadcast, which SQS cannot carry
+        raise ValueError("--via celery needs a Redis broker (broker.url redis://...): the sweep finds its train "
+                         "workers by a broadcast, which an SQS broker does not carry")
     workers = find_workers(settings, queue)
     if not workers:
         raise ValueError(f"--via celery: no worker consumes queue {queue!r} at {mask_secret(settings.broker.url)}; "

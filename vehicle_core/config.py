@@ -168,11 +168,20 @@ class ResultSettings:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    url: str = setting("redis://127.0.0.1:6379/0", "Celery broker (Redis)", secret=True)
+    url: str = setting(
+        "redis://127.0.0.1:6379/0", "Celery broker: redis://host:port/db (one Redis), or sqs:// (Amazon SQS; "
+        "credentials from the AWS chain, endpoint from AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL; needs state_url)",
+        secret=True, check=lambda url: broker_kind(url) is not None, must="a redis://, rediss:// or sqs:// URL")
+    state_url: str | None = setting(
+        None, "Redis keeping the crash ledger and the dead-letter list; null = url (then a Redis). Required with "
+        "an sqs:// broker", secret=True, check=lambda url: url is None or broker_kind(url) == "redis",
+        must="null or a redis:// (rediss://) URL")
+    region: str = setting("us-east-1", "region of an sqs:// broker's queues")
     result_backend: str | None = setting(
         None, "null = no result backend; results go to S3, not Redis", secret=True)
     visibility_timeout_s: int = setting(
-        3600, "an unacked task is redelivered after this many seconds (Redis transport)", minimum=1)
+        3600, "an unacked task is redelivered after this many seconds (Redis: the workers' restore sweep; SQS: "
+        "the VisibilityTimeout of the queues kombu creates, at most 43200)", minimum=1)
     restore_interval_s: int = setting(
         10, "how often a worker looks for unacked tasks older than visibility_timeout_s, seconds", minimum=1)
     detect_queue: str = setting("detect", "queue of the detect-and-crop tasks (PyTorch workers)")
@@ -182,6 +191,27 @@ class BrokerSettings:
     train_visibility_timeout_s: int = setting(
         43200, "a trial unacked this long is redelivered (its own unacked set: detect/classify timeouts never "
         "touch it)", minimum=1)
+
+    @property
+    def kind(self) -> str:
+        """``redis`` or ``sqs``: which transport carries the task messages."""
+        return broker_kind(self.url) or "redis"
+
+    @property
+    def state_redis_url(self) -> str:
+        """The Redis of the crash ledger and the dead list: ``state_url``, else the broker itself."""
+        if self.state_url:
+            return self.state_url
+        if self.kind != "redis":
+            raise ConfigError("broker.url is an SQS broker: set broker.state_url (VP_BROKER__STATE_URL) to a "
+                              "redis:// URL for the crash ledger and the dead-letter list")
+        return self.url
+
+
+def broker_kind(url: str | None) -> str | None:
+    """``redis`` (redis://, rediss://), ``sqs`` (sqs://), or None for any other URL."""
+    scheme = url.split("://", 1)[0].lower() if url and "://" in url else ""
+    return {"redis": "redis", "rediss": "redis", "sqs": "sqs"}.get(scheme)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The Celery application: Redis broker, two queues, reliability options, events for Flower.
+"""The Celery application: Redis (or SQS) broker, two queues, reliability options, events for Flower.
 
 Run the two kinds of worker (each with its own model framework, so each its own process pool):
 
@@ -53,7 +53,9 @@ def celery_config(settings: Settings) -> dict:
         # A pool process that grew past this is replaced once its task is done (Celery checks after
         # each task; a runaway allocation inside one is the decoder's byte budget's job, images.py).
         "worker_max_memory_per_child": worker.max_memory_per_child_mb * 1024 or None,  # KiB
-        "broker_transport_options": {
+        # SQS: acks are deletes; a dead worker's messages come back when their visibility timeout ends
+        # (no restore sweep to tune); one queue per Celery queue (workers/broker_sqs.py).
+        "broker_transport_options": transport_options(broker) if broker.kind == "sqs" else {
             # Redis has no acks: a reserved, unacked message is restored to its queue after this many
             # seconds (visibility_timeout). Too short and a slow task runs twice; too long and a crashed
             # worker's tasks wait. One priority step per queue (workers.messages.PRIORITY_STEPS).
@@ -70,8 +72,11 @@ def celery_config(settings: Settings) -> dict:
         # queued. They cost about 5 Redis PUBLISHes per image (docs/scale.md), so they are off unless
         # worker.task_events: Flower still lists the workers (heartbeats are sent either way) and the
         # queue lengths (it asks the broker), and vehicle-flower keeps Flower from switching them on.
-        "worker_send_task_events": worker.task_events,
-        "task_send_sent_event": worker.task_events,
+        "worker_send_task_events": worker.task_events and broker.kind == "redis",
+        "task_send_sent_event": worker.task_events and broker.kind == "redis",
+        # Remote control (ping, inspect, Flower's worker pages) needs a fanout exchange, which kombu's SQS
+        # transport has not: on SQS a worker would only poll a pidbox queue of its own for nothing.
+        "worker_enable_remote_control": broker.kind == "redis",
         # Flower shows args and results; crops travel as base64, so keep the reprs short.
         "task_compression": None,
         "worker_hijack_root_logger": False,
@@ -81,9 +86,15 @@ def celery_config(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the app; ``workers.tasks`` (``conf.include``) registers its tasks on it when it is finalized."""
     settings = settings or load_settings()
-    # Redis: kombu's transport with its loss window closed (a message taken off its queue by BRPOP
-    # is held and recorded once the broker is back, never dropped; workers/broker.py).
-    redis_transport.install()
+    if settings.broker.kind == "sqs":
+        from workers import broker_sqs
+
+        settings.broker.state_redis_url  # noqa: B018 - refuse to start without the crash ledger's Redis
+        broker_sqs.install()  # SQS's receive count says which messages were delivered before
+    else:
+        # Redis: kombu's transport with its loss window closed (a message taken off its queue by BRPOP
+        # is held and recorded once the broker is back, never dropped; workers/broker.py).
+        redis_transport.install()
     app = Celery("vehicle-pipeline", set_as_current=True)
     app.config_from_object(celery_config(settings))
     app.conf.include = ["workers.tasks"]

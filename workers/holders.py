@@ -35,7 +35,7 @@ class Holders:
         # Marks must outlive a redelivery: at once after a pool process dies, or after the
         # visibility timeout when a whole worker vanished.
         ttl = int(s.broker.visibility_timeout_s + 2 * s.worker.task_time_limit_s)
-        return CrashLedger(redis.Redis.from_url(s.broker.url), max_deliveries=s.worker.max_deliveries, ttl_s=ttl)
+        return CrashLedger(redis.Redis.from_url(s.broker.state_redis_url), max_deliveries=s.worker.max_deliveries, ttl_s=ttl)
 
     def _fetchers(self):
         from concurrent.futures import ThreadPoolExecutor

@@ -33,8 +33,24 @@ CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
 PRIORITY_STEPS = [0]
 
 
+#: SQS's longest visibility timeout and long-poll wait (AWS limits; kombu passes them through).
+SQS_MAX_VISIBILITY_S = 43200
+#: A worker's long poll on an SQS queue. kombu also hides a requeued message (a batch given back on
+#: shutdown or after its pool process died) for this long before it can be received again.
+SQS_WAIT_S = 10
+
+
 def transport_options(broker: BrokerSettings) -> dict:
     """The kombu transport options every app of the project shares (senders, workers, Flower)."""
+    if broker.kind == "sqs":
+        if broker.visibility_timeout_s > SQS_MAX_VISIBILITY_S:
+            from vehicle_core.errors import ConfigError
+
+            raise ConfigError(f"broker.visibility_timeout_s={broker.visibility_timeout_s} is over SQS's limit of "
+                              f"{SQS_MAX_VISIBILITY_S} s (broker.url is an SQS broker)")
+        # kombu creates each queue on first use with this VisibilityTimeout (an existing queue keeps its own).
+        return {"visibility_timeout": broker.visibility_timeout_s, "region": broker.region,
+                "wait_time_seconds": SQS_WAIT_S}
     return {"visibility_timeout": broker.visibility_timeout_s, "priority_steps": list(PRIORITY_STEPS)}
 
 
@@ -52,8 +68,13 @@ def sender_app(broker: BrokerSettings) -> Celery:
     app = Celery("vehicle-producer", broker=broker.url, backend=broker.result_backend, set_as_current=False)
     app.conf.task_routes = task_routes(broker)
     app.conf.broker_transport_options = transport_options(broker)
-    # Flower shows a task as "sent" (and its args) from the moment the producer enqueues it.
-    app.conf.task_send_sent_event = True
+    # Flower shows a task as "sent" (and its args) from the moment the producer enqueues it (Redis: SQS
+    # carries no events).
+    app.conf.task_send_sent_event = broker.kind == "redis"
+    if broker.kind == "sqs":
+        from workers import broker_sqs
+
+        broker_sqs.install()
     return app
 
 

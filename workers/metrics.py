@@ -12,8 +12,8 @@ What the tasks record (through the ``observe_*`` functions, so tasks stay free o
   ``SourceRef.event_time``) to the result; backfilled images carry none and are not counted;
 * ``vp_model_info{role, name, version}`` — 1 for the models of the last result each live process
   wrote (so a roll-out shows as the version switching);
-* ``vp_queue_depth{queue}`` — messages waiting in the detect and classify queues, read from Redis
-  at scrape time by the node's exporter.
+* ``vp_queue_depth{queue}`` — messages waiting in the detect and classify queues, read from the
+  broker (Redis lists, or SQS's ApproximateNumberOfMessages) at scrape time by the node's exporter.
 
 Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set (before the worker starts: prometheus_client
 reads it at import), each pool process writes its samples to files there, and the worker's *main*
@@ -139,28 +139,62 @@ _PRIORITY_LISTS = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 class QueueDepthCollector:
-    """``vp_queue_depth{queue}``: messages waiting in each Celery queue on Redis, read when scraped."""
+    """``vp_queue_depth{queue}``: messages waiting in each Celery queue, read when scraped:
+    ``read()`` returns ``{queue: depth}`` (:func:`redis_depths`, :func:`sqs_depths`)."""
 
-    def __init__(self, redis_client, queues: Iterable[str]) -> None:
-        self.redis = redis_client
-        self.queues = list(queues)
+    def __init__(self, read) -> None:
+        self.read = read
 
     def collect(self):
         family = GaugeMetricFamily("vp_queue_depth", "Messages waiting in a Celery queue (not yet reserved)",
                                    labels=["queue"])
         try:
-            pipe = self.redis.pipeline()
-            for queue in self.queues:
-                for suffix in _PRIORITY_LISTS:
-                    pipe.llen(queue + suffix)
-            lengths = pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because Redis is away
+            depths = self.read()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the broker is away
             log.warning("cannot read queue depths: %r", exc)
             return
-        step = len(_PRIORITY_LISTS)
-        for i, queue in enumerate(self.queues):
-            family.add_metric([queue], float(sum(lengths[i * step:(i + 1) * step])))
+        for queue, depth in depths.items():
+            family.add_metric([queue], float(depth))
         yield family
+
+
+def redis_depths(redis_client, queues: Iterable[str]):
+    """Depths from Redis: the lists of every priority step of each queue, in one round trip."""
+    queues = list(queues)
+
+    def read() -> dict[str, int]:
+        pipe = redis_client.pipeline()
+        for queue in queues:
+            for suffix in _PRIORITY_LISTS:
+                pipe.llen(queue + suffix)
+        lengths = pipe.execute()
+        step = len(_PRIORITY_LISTS)
+        return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(queues)}
+
+    return read
+
+
+def sqs_depths(queues: Iterable[str], region: str):
+    """Depths from SQS: each queue's ``ApproximateNumberOfMessages`` (a queue not created yet: 0)."""
+    import boto3
+
+    client, queues, urls = boto3.client("sqs", region_name=region), list(queues), {}
+
+    def read() -> dict[str, int]:
+        out = {}
+        for queue in queues:
+            if queue not in urls:
+                try:
+                    urls[queue] = client.get_queue_url(QueueName=queue)["QueueUrl"]
+                except client.exceptions.QueueDoesNotExist:
+                    out[queue] = 0
+                    continue
+            attributes = client.get_queue_attributes(QueueUrl=urls[queue],
+                                                     AttributeNames=["ApproximateNumberOfMessages"])
+            out[queue] = int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+        return out
+
+    return read
 
 
 # --- serving -----------------------------------------------------------------------------------
@@ -171,9 +205,9 @@ def multiprocess_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def node_registry(redis_client=None, queues: Iterable[str] = ()) -> CollectorRegistry:
+def node_registry(read_depths=None) -> CollectorRegistry:
     """What a node's ``/metrics`` serves: every process's samples (multiprocess mode) or this one's,
-    plus the queue depths when ``redis_client`` is given."""
+    plus the queue depths when ``read_depths`` is given (:class:`QueueDepthCollector`)."""
     if multiprocess_dir() is not None:
         from prometheus_client import multiprocess
 
@@ -182,8 +216,8 @@ def node_registry(redis_client=None, queues: Iterable[str] = ()) -> CollectorReg
     else:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
-    if redis_client is not None:
-        registry.register(QueueDepthCollector(redis_client, queues))
+    if read_depths is not None:
+        registry.register(QueueDepthCollector(read_depths))
     return registry
 
 
@@ -206,14 +240,22 @@ def clear_multiprocess_dir() -> None:
             stale.unlink(missing_ok=True)
 
 
-def serve_node(port: int, broker_url: str, queues: Iterable[str], addr: str = "0.0.0.0") -> CollectorRegistry | None:
-    """The worker node's one ``/metrics`` on ``port`` (0: none), served by the calling (main) process."""
+def serve_node(port: int, broker_url: str, queues: Iterable[str], addr: str = "0.0.0.0", *,
+               region: str = "us-east-1") -> CollectorRegistry | None:
+    """The worker node's one ``/metrics`` on ``port`` (0: none), served by the calling (main) process;
+    queue depths from the broker at ``broker_url`` (Redis, or SQS in ``region``)."""
     global _started
     if not port or _started:
         return None
-    import redis
+    from vehicle_core.config import broker_kind
 
-    registry = node_registry(redis.Redis.from_url(broker_url), queues)
+    if broker_kind(broker_url) == "sqs":
+        read = sqs_depths(queues, region)
+    else:
+        import redis
+
+        read = redis_depths(redis.Redis.from_url(broker_url), queues)
+    registry = node_registry(read)
     start_http_server(port, addr=addr, registry=registry)  # scraped from outside the container
     _started = True
     log.info("prometheus metrics of this node on :%d/metrics (multiprocess: %s)", port, multiprocess_dir())
@@ -236,7 +278,8 @@ def on_worker_init(settings) -> None:
         return
     clear_multiprocess_dir()
     broker = settings.broker
-    serve_node(settings.worker.metrics_port, broker.url, (broker.detect_queue, broker.classify_queue))
+    serve_node(settings.worker.metrics_port, broker.url, (broker.detect_queue, broker.classify_queue),
+               region=broker.region)
 
 
 def on_process_exit(pid: int) -> None:

@@ -1,5 +1,7 @@
 """Chaos: 300 images through the real stack while, in turn, processes die, Redis restarts, S3 fails,
-events come twice and out of order, and a poison image kills whatever decodes it.
+events come twice and out of order, and a poison image kills whatever decodes it; once with the Redis
+broker, once with the SQS broker (moto's SQS; Redis then keeps only the crash ledger and the dead list,
+and it is that Redis which restarts).
 
 Real servers on loopback: redis-server (AOF on, restarted mid-test), moto over HTTP behind the
 fault-injecting proxy (devstack/s3_proxy.py) for the workers' S3 traffic, the producer, one detect
@@ -28,7 +30,7 @@ import redis
 
 from devstack.processes import kill_process, start_process, stop_process, wait_until
 from devstack.s3_proxy import s3_proxy
-from devstack.servers import aws_env, free_port, redis_server
+from devstack.servers import aws_env, free_port, moto_server, redis_server
 from devstack.stack import start_stack, stop_stack, worker_argv
 from tests.integration.poison.sitecustomize import POISON, SLOW_FILE
 from tests.integration.stack import results_under
@@ -49,8 +51,8 @@ def _scene(seed: int) -> bytes:
 class Chaos:
     """The stack, the Redis server (restartable), the S3 proxy, and what each phase did."""
 
-    def __init__(self, stack, proxy, redis_port: int, redis_dir: Path):
-        self.stack, self.proxy = stack, proxy
+    def __init__(self, stack, proxy, redis_port: int, redis_dir: Path, kind: str = "redis"):
+        self.stack, self.proxy, self.kind = stack, proxy, kind
         self.redis_port, self.redis_dir = redis_port, redis_dir
         self.redis_ctx = None
         self.expected: dict[str, str] = {}  # key -> current ETag
@@ -85,20 +87,34 @@ class Chaos:
     def pool_children(self, name: str) -> list[psutil.Process]:
         return psutil.Process(self.worker(name).pid).children(recursive=True)
 
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a Celery queue: its Redis list, or SQS's ApproximateNumberOfMessages."""
+        if self.kind == "redis":
+            return self.broker.llen(queue)
+        sqs = _sqs(self)
+        try:
+            url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        except sqs.exceptions.QueueDoesNotExist:
+            return 0
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
     def in_flight(self, task: str = "*") -> list[bytes]:
         """Crash-ledger marks now set (the tasks key them ``detect:<id>`` and ``classify:<id>``)."""
         return self.broker.keys(f"vp:in-flight:{task}:*")
 
 
 
-@pytest.fixture(scope="module")
-def chaos(moto_server, classifier_artifact, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("chaos-logs")
-    redis_dir = tmp_path_factory.mktemp("chaos-redis")
+@pytest.fixture(scope="module", params=["redis", "sqs"])
+def chaos(request, classifier_artifact, tmp_path_factory):
+    kind = request.param
+    log_dir = tmp_path_factory.mktemp(f"chaos-logs-{kind}")
+    redis_dir = tmp_path_factory.mktemp(f"chaos-redis-{kind}")
     port = free_port()
     redis_ctx = redis_server(port, data_dir=redis_dir)
     server = redis_ctx.__enter__()
-    with s3_proxy(moto_server.endpoint_url, seed=11) as proxy:
+    # A moto server of its own: the bucket, the event queue and (SQS broker) the task queues start empty.
+    with moto_server() as moto, s3_proxy(moto.endpoint_url, seed=11) as proxy:
         poison_path = str(Path(__file__).parent / "poison")
         extra = {
             "AWS_ENDPOINT_URL_S3": proxy.endpoint_url,  # the workers' S3 traffic goes through the proxy
@@ -109,10 +125,14 @@ def chaos(moto_server, classifier_artifact, tmp_path_factory):
             "VP_STORAGE__MAX_ATTEMPTS": "3",
             SLOW_FILE: str(log_dir / "slow-classify"),  # exists only while phase 2 wants slow batches
         }
-        stack = start_stack((server.url, aws_env(moto_server.endpoint_url)), log_dir=log_dir,
+        broker_url = server.url
+        if kind == "sqs":  # task messages in SQS; the crash ledger and the dead list in the Redis
+            broker_url = "sqs://"
+            extra.update({"VP_BROKER__STATE_URL": server.url, "VP_BROKER__REGION": "us-east-1"})
+        stack = start_stack((broker_url, aws_env(moto.endpoint_url)), log_dir=log_dir,
                             classifier=classifier_artifact, flower_port=free_port(), basic_auth="chaos:chaos-pass",
                             bucket=BUCKET, extra_env=extra)
-        state = Chaos(stack, proxy, port, redis_dir)
+        state = Chaos(stack, proxy, port, redis_dir, kind)
         state.redis_ctx = redis_ctx
         try:
             yield state
@@ -148,7 +168,7 @@ def test_chaos(chaos):
         slow = Path(chaos.stack.env[SLOW_FILE])
         slow.touch()  # batches now take seconds: the kill below lands while one is held
         keys = chaos.upload("p2", PER_PHASE)
-        wait_until(lambda: chaos.broker.llen("classify") >= 16, timeout=180, what="16 crop sets waiting")
+        wait_until(lambda: chaos.queue_depth("classify") >= 16, timeout=180, what="16 crop sets waiting")
         fresh = start_process("classify-worker", worker_argv("classify", "classify@demo"), chaos.stack.env,
                               chaos.stack.log_dir)
         chaos.stack.processes.append(fresh)
@@ -240,7 +260,7 @@ def test_chaos(chaos):
     writes = _result_writes(chaos.stack.log_dir)
     duplicated = {k for k, n in writes.items() if n > 1}
     _print_table(chaos, writes, lost)
-    print(f"chaos: {len(lost)} lost, {len(duplicated)} duplicated")
+    print(f"chaos ({chaos.kind} broker): {len(lost)} lost, {len(duplicated)} duplicated")
     assert lost == []
     assert len(chaos.expected) == 300
 
@@ -271,7 +291,7 @@ def _result_writes(log_dir: Path) -> dict[str, int]:
 def _print_table(chaos: Chaos, writes: dict[str, int], lost: list[str]) -> None:
     prefixes = {"detect pool": "p1/", "classify pool": "p2/", "detect worker": "p3/", "redis": "p4/", "S3": "p5/",
                 "events": "p6/", "poison": "p7/"}
-    print(f"\n{'fault':<46} | images | results | lost | duplicates | seconds")
+    print(f"\n{chaos.kind + ' broker: fault':<46} | images | results | lost | duplicates | seconds")
     for fault, images, seconds in chaos.rows:
         prefix = next(p for name, p in prefixes.items() if fault.startswith(name))
         keys = [k for k in chaos.expected if k.startswith(prefix)]

@@ -27,7 +27,7 @@ SECTION_CLASSES = [typing.get_type_hints(Settings)[f.name] for f in dataclasses.
 
 def test_every_setting_is_declared_with_a_doc_a_type_and_a_default():
     names = [d.name for d in declared_settings()]
-    assert len(names) == len(set(names)) == sum(len(dataclasses.fields(c)) for c in SECTION_CLASSES) == 96
+    assert len(names) == len(set(names)) == sum(len(dataclasses.fields(c)) for c in SECTION_CLASSES) == 98
     for d in declared_settings():
         assert d.doc.strip() and len(d.doc) > 10, d.name
         assert d.type in (str, int, float, bool, list[str], str | None), d.name  # what _coerce reads
@@ -62,7 +62,7 @@ def test_sections_build_from_their_defaults_and_by_keyword_as_before():
 
 
 def test_secrets_come_from_the_declaration():
-    assert set(SECRETS) == {("broker", "url"), ("broker", "result_backend"), ("flower", "basic_auth")}
+    assert set(SECRETS) == {("broker", "url"), ("broker", "state_url"), ("broker", "result_backend"), ("flower", "basic_auth")}
 
 
 @pytest.mark.parametrize(("env", "words"), [

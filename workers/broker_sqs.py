@@ -1,0 +1,111 @@
+"""The SQS transport, telling a redelivered message from a first delivery as kombu's Redis transport does.
+
+With ``broker.url: sqs://`` the task messages live in Amazon SQS queues (one per Celery queue, created by
+kombu on first use with ``broker.visibility_timeout_s``): no single server carries the fleet's messages,
+and a standard queue has no practical throughput limit. What the workers need from a broker, and how
+SQS gives it:
+
+- **At-least-once, acks after the work.** A received message is invisible for the visibility timeout
+  and deleted when its task is acked; a worker that dies leaves it to come back when the timeout ends
+  (as Redis's unacked sweep does). A batch given back (a pool process died, a warm shutdown) is made
+  visible again by kombu after ``workers.messages.SQS_WAIT_S``.
+- **"Was this delivered before?"** The crash ledger and the result check look only at messages the
+  broker says were redelivered (``workers.batching.redelivered``). kombu's Redis transport sets
+  ``delivery_info["redelivered"]``; its SQS transport does not, so :class:`Channel` sets it from
+  SQS's own count: ``ApproximateReceiveCount > 1`` (kombu asks for that attribute on every receive).
+  SQS calls the count approximate. Read too high, a first delivery costs one ledger lookup more; read
+  too low, a redelivery is not looked up and the death it follows is counted at the next one (the mark
+  is set again): a poison image then takes one more death to be given up. Nothing is lost either way.
+- **The crash ledger and the dead list** stay in a Redis (``broker.state_url``): about 2.5 commands per
+  image (docs/scale.md), so one small Redis serves a fleet whose messages go through SQS.
+
+Installed by ``workers.app.create_app`` (:func:`install`) for ``sqs://`` URLs.
+"""
+
+from __future__ import annotations
+
+from kombu.exceptions import OperationalError
+from kombu.transport import SQS as kombu_sqs
+from kombu.utils.json import dumps
+
+#: SQS's most messages in one SendMessageBatch.
+SEND_BATCH = 10
+
+
+def receive_count(message: dict) -> int:
+    """SQS's ``ApproximateReceiveCount`` of a received message (0 when SQS did not say)."""
+    try:
+        return int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class Channel(kombu_sqs.Channel):
+    def _envelope_payload(self, payload, raw_text, message, q_url):
+        payload = super()._envelope_payload(payload, raw_text, message, q_url)
+        payload["properties"]["delivery_info"]["redelivered"] = receive_count(message) > 1
+        return payload
+
+    def create_publish_batch(self, max_size: int) -> PublishBatch:
+        """What ``workers.messages.enqueue_images`` publishes through (kombu's Redis channel has one too)."""
+        return PublishBatch(self)
+
+
+class PublishBatch:
+    """Messages to standard queues sent :data:`SEND_BATCH` per ``SendMessageBatch`` request instead of
+    one ``SendMessage`` each. A failed entry raises (kombu's ``OperationalError``) after the rest of
+    the batch was sent: the caller sends the whole batch again, as after a Redis failure, and the
+    result writes absorb the repeats."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.pending: dict[str, list[dict]] = {}  # queue name -> SendMessageBatch entries
+
+    def publish(self, message: dict, exchange: str = "", routing_key: str = "", **_kwargs) -> None:
+        if exchange or routing_key.endswith(".fifo"):  # not what enqueue_images sends: kombu's own path
+            self.channel.basic_publish(message, exchange, routing_key)
+            return
+        self.channel._inplace_augment_message(message, exchange, routing_key)
+        body = dumps(message)
+        if self.channel.sqs_base64_encoding:
+            body = kombu_sqs.AsyncMessage().encode(body)
+        entries = self.pending.setdefault(routing_key, [])
+        entries.append({"Id": str(len(entries)), "MessageBody": body})
+        if len(entries) >= SEND_BATCH:
+            self._send(routing_key)
+
+    def _send(self, queue: str) -> None:
+        entries = self.pending.pop(queue, [])
+        if not entries:
+            return
+        client = self.channel.sqs(queue=self.channel.canonical_queue_name(queue))
+        reply = client.send_message_batch(QueueUrl=self.channel._new_queue(queue), Entries=entries)
+        failed = reply.get("Failed") or []
+        if failed:
+            raise OperationalError(f"SQS refused {len(failed)} of {len(entries)} messages to {queue}: "
+                                   f"{failed[0].get('Code')} {failed[0].get('Message')}")
+
+    def flush(self) -> None:
+        for queue in list(self.pending):
+            self._send(queue)
+
+    def discard(self) -> None:
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.pending.clear()
+
+
+class Transport(kombu_sqs.Transport):
+    Channel = Channel
+
+
+#: The class path of :class:`Transport`.
+TRANSPORT = f"{__name__}:Transport"
+
+
+def install() -> None:
+    """Make ``sqs://`` URLs use :class:`Transport` in this process (the URL keeps its scheme)."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES["sqs"] = TRANSPORT
