@@ -6,6 +6,7 @@
         proxy.fault_rate = 0.0                            # faults can be switched at run time
         proxy.fail_next["cam1/0001.jpg"] = 3              # the next 3 requests naming this key fail
         print(proxy.counts)                               # requests seen per HTTP method
+        print(proxy.sqs_actions)                          # SQS requests per (action, queue), if sent through it
 
 A share ``fault_rate`` of requests is answered by the proxy itself with a 500 InternalError, a 503
 SlowDown or a 503 ServiceUnavailable (S3's own XML error bodies, so botocore retries them like the
@@ -41,6 +42,8 @@ class S3Proxy:
     latency_ms: float = 0.0
     seed: int | None = None
     counts: Counter = field(default_factory=Counter)  # method -> requests seen
+    # (action, queue name) -> requests seen, for SQS requests passing through (AWS's JSON or query protocol)
+    sqs_actions: Counter = field(default_factory=Counter)
     fail_next: dict[str, int] = field(default_factory=dict)  # path fragment -> requests to fail (503) first
     faults: Counter = field(default_factory=Counter)  # S3 error code -> requests answered with it
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -80,6 +83,10 @@ def _handler(proxy: S3Proxy):
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            action = _sqs_action(self.headers.get("X-Amz-Target"), body)
+            if action is not None:
+                with proxy._lock:
+                    proxy.sqs_actions[action] += 1
             fault = proxy._draw_fault(self.command, unquote(self.path))
             if proxy.latency_ms > 0:
                 time.sleep(proxy.latency_ms / 1000.0)  # the latency being simulated, not synchronisation
@@ -118,6 +125,24 @@ def _handler(proxy: S3Proxy):
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
     return Handler
+
+
+def _sqs_action(target: str | None, body: bytes) -> tuple[str, str] | None:
+    """(action, queue name) of an SQS request: ``X-Amz-Target: AmazonSQS.<Action>`` with a JSON body
+    (boto3), or a form body ``Action=...&QueueUrl=...`` (the query protocol); None for anything else."""
+    import json
+    from urllib.parse import parse_qs
+
+    if target and target.startswith("AmazonSQS."):
+        try:
+            queue_url = json.loads(body or b"{}").get("QueueUrl") or ""
+        except ValueError:
+            queue_url = ""
+        return target.split(".", 1)[1], queue_url.rsplit("/", 1)[-1]
+    if body.startswith(b"Action="):
+        form = parse_qs(body.decode(errors="replace"))
+        return form["Action"][0], (form.get("QueueUrl") or [""])[0].rsplit("/", 1)[-1]
+    return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -49,8 +49,10 @@ def transport_options(broker: BrokerSettings) -> dict:
             raise ConfigError(f"broker.visibility_timeout_s={broker.visibility_timeout_s} is over SQS's limit of "
                               f"{SQS_MAX_VISIBILITY_S} s (broker.url is an SQS broker)")
         # kombu creates each queue on first use with this VisibilityTimeout (an existing queue keeps its own).
+        # polling_interval 0: after an empty long poll, poll again at once (kombu's default adds 1 s, which
+        # held a worker that had just drained its queue for a second: 3.9 img/s instead of ~25 on the bench).
         return {"visibility_timeout": broker.visibility_timeout_s, "region": broker.region,
-                "wait_time_seconds": SQS_WAIT_S}
+                "wait_time_seconds": SQS_WAIT_S, "polling_interval": 0}
     return {"visibility_timeout": broker.visibility_timeout_s, "priority_steps": list(PRIORITY_STEPS)}
 
 

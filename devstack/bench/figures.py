@@ -262,6 +262,10 @@ def table_lines(fig: dict[str, Any]) -> list[str]:
     s3 = fig.get("s3_requests_per_image")
     rows.append(("S3 requests per image", "n/a (no proxy)" if s3 is None else
                  _requests(s3) + " workers + producer, via proxy"))
+    sqs = fig.get("sqs_requests_per_image")
+    if sqs is not None:
+        rows.append(("SQS broker requests per image", _requests(sqs["broker"]) + " detect + classify queues"))
+        rows.append(("SQS event-queue requests per image", _requests(sqs["events"]) + " the producer's S3 events"))
     rows.append(("detect batches (size×count)", histogram_text(fig["detect_batches"], "none logged")))
     rows.append(("classify batches, images (size×count)", histogram_text(fig["classify_batches"], "none logged")))
     rss = fig.get("worker_rss")

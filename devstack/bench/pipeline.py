@@ -52,7 +52,8 @@ WARMUP = 2
 
 @contextlib.contextmanager
 def endpoints(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, str], int | None]]:
-    """(broker URL, AWS variables, moto's pid or None): started here unless the flags/environment name them."""
+    """(Redis URL, AWS variables, moto's pid or None): started here unless the flags/environment name them.
+    The Redis is the broker, or with ``--broker sqs`` the crash ledger's (the messages then go through SQS)."""
     from devstack.servers import aws_env, moto_server, redis_server
 
     with contextlib.ExitStack() as stack:
@@ -168,10 +169,12 @@ def start_workers(args: argparse.Namespace, env: dict[str, str], queue_url: str,
               for i in range(args.classify_workers)]
     specs += [(f"producer-{i}", producer_argv(queue_url)) for i in range(args.producers)]
     procs = [start_process(name, argv, env, log_dir, cwd=root) for name, argv in specs]
-    app = sender_app(load_settings(env={"VP_BROKER__URL": env["VP_BROKER__URL"]}).broker)
-    for name in [f"detect{i}@bench" for i in range(args.detect_workers)] + \
-                [f"classify{i}@bench" for i in range(args.classify_workers)]:
-        wait_until(lambda n=name: _check(procs) or worker_ready(app, n), timeout=args.timeout, what=f"worker {name}")
+    app = sender_app(load_settings(env={k: v for k, v in env.items() if k.startswith("VP_BROKER__")}).broker)
+    names = [f"detect{i}@bench" for i in range(args.detect_workers)] + \
+            [f"classify{i}@bench" for i in range(args.classify_workers)]
+    for name, proc in zip(names, procs, strict=False):  # the workers come first in procs, in this order
+        wait_until(lambda n=name, p=proc: _check(procs) or worker_ready(app, n, p), timeout=args.timeout,
+                   what=f"worker {name}")
     return procs
 
 
@@ -185,8 +188,10 @@ def _check(procs: list[Process]) -> bool:
 class Meter:
     """CPU seconds of the stack's processes, S3 requests and log offsets, between two snapshots."""
 
-    def __init__(self, procs: list[Process], broker_url: str, moto_pid: int | None, proxy) -> None:
+    def __init__(self, procs: list[Process], broker_url: str, moto_pid: int | None, proxy, sqs_proxy=None, *,
+                 events_queue: str = "") -> None:
         self.procs, self.broker_url, self.moto_pid, self.proxy = procs, broker_url, moto_pid, proxy
+        self.sqs_proxy, self.events_queue = sqs_proxy, events_queue
         self.start: dict[str, Any] = {}
 
     def idle_rate(self, seconds: float) -> dict[str, Any] | None:
@@ -208,6 +213,7 @@ class Meter:
         # Its own threads only: the stack's processes are its children and have rows of their own.
         cpu["bench process (uploads, polling, S3 proxy)"] = time.process_time()
         return {"cpu": cpu, "s3": dict(self.proxy.counts) if self.proxy else None, "redis": redis_stats,
+                "sqs": dict(self.sqs_proxy.sqs_actions) if self.sqs_proxy else None,
                 "at": time.monotonic(),
                 "logs": {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in self.procs}}
 
@@ -218,6 +224,14 @@ class Meter:
         s3 = None
         if end["s3"] is not None:
             s3 = {m: (c - start["s3"].get(m, 0)) / n for m, c in end["s3"].items() if c - start["s3"].get(m, 0)}
+        sqs = None
+        if end.get("sqs") is not None:
+            sqs = {"broker": {}, "events": {}}
+            for (action, queue), count in end["sqs"].items():
+                delta = count - start["sqs"].get((action, queue), 0)
+                if delta:
+                    side = sqs["events" if queue == self.events_queue else "broker"]
+                    side[action] = side.get(action, 0) + delta / n
         logs = {p.name: _read_from(p.log_path, start["logs"][p.name]) for p in self.procs}
         detect_log = "".join(t for name, t in logs.items() if name.startswith("detect"))
         classify_log = "".join(t for name, t in logs.items() if name.startswith("classify"))
@@ -225,7 +239,7 @@ class Meter:
         if not detect:  # the detect task takes one image per task (until it batches): count its tasks
             tasks = len(re.findall(rf"Task {re.escape(DETECT_TASK)}\[[^\]]+\] succeeded", detect_log))
             detect = {1: tasks} if tasks else {}
-        return {"cpu_s_per_image": figs.per_image(deltas, n), "s3_requests_per_image": s3,
+        return {"cpu_s_per_image": figs.per_image(deltas, n), "s3_requests_per_image": s3, "sqs_requests_per_image": sqs,
                 "redis_per_image": figs.redis_per_image(start.get("redis"), end.get("redis"), n, idle=idle,
                                                         seconds=end["at"] - start["at"]),
                 "detect_batches": dict(detect),
@@ -307,13 +321,20 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         s3.create_bucket(Bucket=args.bucket)
         queue_url = wire_bucket_notifications(s3, session.client("sqs", endpoint_url=endpoint), args.bucket,
                                               f"{args.bucket}-events")
-        # S3 calls of the stack go through the proxy (counted, delayed); SQS goes straight to the endpoint.
+        # S3 calls of the stack go through the proxy (counted, delayed); SQS goes straight to the endpoint,
+        # unless SQS is the broker: then through a second proxy, which counts its requests by action.
         extra = {**model_env(args, classifier), "VP_PRODUCER__WAIT_TIME_S": "1",
                  **({"AWS_ENDPOINT_URL_S3": proxy.endpoint_url} if proxy else {}), **dict(args.worker_env)}
-        env = stack_env(broker_url=broker, aws=aws, extra=extra)
+        broker_url, sqs_proxy = broker, None
+        if args.broker == "sqs":
+            sqs_proxy = stack.enter_context(s3_proxy(endpoint))
+            broker_url = "sqs://"
+            extra.update({"AWS_ENDPOINT_URL_SQS": sqs_proxy.endpoint_url, "VP_BROKER__STATE_URL": broker,
+                          "VP_BROKER__REGION": aws.get("AWS_DEFAULT_REGION", "us-east-1")})
+        env = stack_env(broker_url=broker_url, aws=aws, extra=extra)
         procs = start_workers(args, env, queue_url, log_dir)
         try:
-            meter = Meter(procs, broker, moto_pid, proxy)
+            meter = Meter(procs, broker, moto_pid, proxy, sqs_proxy, events_queue=queue_url.rsplit("/", 1)[-1])
             watcher = ResultWatcher(s3, args.bucket, procs, args.timeout)
             watcher.wait_for(upload_scenes(s3, args.bucket, warm))
             idle = meter.idle_rate(args.redis_idle_s)
@@ -373,6 +394,8 @@ def _stack_text(args: argparse.Namespace) -> str:
                  f"{vehicles} vehicles per image)")
     if args.s3_latency_ms:
         text += f", S3 latency +{args.s3_latency_ms:g} ms"
+    if args.broker == "sqs":
+        text += ", SQS broker (crash ledger in Redis)"
     if args.worker_env:
         text += ", " + " ".join(f"{k}={v}" for k, v in args.worker_env)
     return text
@@ -449,6 +472,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--worker-env", type=_env_pair, action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of every stack process, e.g. VP_WORKER__THREADS=1 (repeatable)")
     b.add_argument("--broker-url", help="attach to this Redis instead of starting redis-server")
+    b.add_argument("--broker", choices=("redis", "sqs"), default="redis",
+                   help="redis (default), or sqs: task messages through SQS (the loopback server's, behind a proxy that "
+                        "counts requests by action); Redis then keeps only the crash ledger (its rows are the ledger's)")
     b.add_argument("--bucket", default="vehicle-bench", help="bucket to create and upload to (default vehicle-bench)")
     b.add_argument("--redis-idle-s", type=float, default=3.0, metavar="S",
                    help="seconds of the idle stack measured before the upload: Redis's idle commands and CPU "

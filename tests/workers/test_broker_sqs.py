@@ -186,3 +186,40 @@ def test_a_worker_app_on_sqs_refuses_to_start_without_the_state_redis():
         create_app(load_settings(env={"VP_BROKER__URL": "sqs://"}))
     app = create_app(load_settings(env={"VP_BROKER__URL": "sqs://", "VP_BROKER__STATE_URL": "redis://h/0"}))
     assert app.conf.worker_enable_remote_control is False and app.conf.worker_send_task_events is False
+
+
+def test_kombus_http_client_is_mended_libcurls_milliseconds_and_a_timeout_on_every_transfer():
+    from kombu.asynchronous.http import Request
+    from kombu.asynchronous.http.curl import CurlClient, pycurl
+
+    from kombu.asynchronous import Hub
+
+    broker_sqs.install()
+    broker_sqs.install()  # idempotent: the wrappers are not stacked
+    hub, later = Hub(), []
+    hub.call_later = lambda seconds, fun, *args: later.append(seconds)  # what the client schedules
+    client = CurlClient(hub=hub)
+    try:
+        later.clear()  # (the client's own start-up asks for a timer too)
+        client._set_timeout(1)  # libcurl asks for 1 ms: not 1 s
+        client._set_timeout(250)
+        client._set_timeout(-1)  # libcurl deletes its timer: nothing scheduled
+        assert later == [0.001, 0.25]
+
+        seen = {}
+
+        class Handle:
+            def setopt(self, option, value):
+                seen[option] = value
+
+            def unsetopt(self, option):
+                seen.pop(option, None)
+
+        import io
+
+        request = Request("http://127.0.0.1:1/", request_timeout=12.5, connect_timeout=3)
+        client._setup_request(Handle(), request, io.BytesIO(), client.Headers())
+        assert seen[pycurl.TIMEOUT_MS] == 12500 and seen[pycurl.CONNECTTIMEOUT_MS] == 3000
+    finally:
+        client.close()
+        hub.close()
