@@ -202,7 +202,7 @@ def rest_of_chain(request) -> list:
     return list((getattr(request, "request_dict", None) or {}).get("chain") or [])
 
 
-def hand_on(app, request, value: Any) -> bool:
+def hand_on(app, request, value: Any, *, producer=None) -> bool:
     """Send the next step of ``request``'s chain with ``value``, as Celery does after a task returns
     (celery-batches does not: its requests' chains would end here). False when nothing follows."""
     from celery import signature
@@ -212,8 +212,37 @@ def hand_on(app, request, value: Any) -> bool:
         return False
     step = signature(chain.pop(), app=app)
     root_id = (request.request_dict or {}).get("root_id") or request.id
-    step.apply_async((value,), chain=chain or None, parent_id=request.id, root_id=root_id)
+    step.apply_async((value,), chain=chain or None, parent_id=request.id, root_id=root_id, producer=producer)
     return True
+
+
+#: Next steps sent per request on an SQS broker (SendMessageBatch's limit).
+HAND_ON_BATCH = 10
+
+
+def hand_on_all(app, items: list[tuple[Any, Any]]) -> dict[str, Exception]:
+    """:func:`hand_on` for each ``(request, value)`` of a batch; returns ``{request id: error}`` for the
+    requests whose next step the broker refused (the caller requeues them).
+
+    Redis: one LPUSH each, failures one by one. SQS: the steps go out together, ten per
+    SendMessageBatch (``workers.broker_sqs.PublishBatch``) instead of one SendMessage each; a refusal
+    there fails every request of the batch, and those already sent then run twice (the result writes
+    absorb it)."""
+    refused: dict[str, Exception] = {}
+    if not str(app.conf.broker_url or "").startswith("sqs://"):
+        for request, value in items:
+            try:
+                hand_on(app, request, value)
+            except Exception as exc:  # noqa: BLE001 - the broker refused: the caller requeues it
+                refused[request.id] = exc
+        return refused
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=HAND_ON_BATCH):
+            for request, value in items:
+                hand_on(app, request, value, producer=producer)
+    except Exception as exc:  # noqa: BLE001 - the broker refused the batch: the caller requeues every request
+        refused = {request.id: exc for request, _ in items}
+    return refused
 
 
 def report(task, requests_and_results: list[tuple[Any, dict]], *, runtime: float) -> None:

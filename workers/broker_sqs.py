@@ -37,9 +37,14 @@ Installed by ``workers.app.create_app`` (:func:`install`) for ``sqs://`` URLs.
 
 from __future__ import annotations
 
+import logging
+
 from kombu.exceptions import OperationalError
 from kombu.transport import SQS as kombu_sqs
+from kombu.transport import virtual
 from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
 
 #: SQS's most messages in one SendMessageBatch.
 SEND_BATCH = 10
@@ -54,6 +59,57 @@ def receive_count(message: dict) -> int:
 
 
 class Channel(kombu_sqs.Channel):
+    """kombu's SQS channel; marks redeliveries, deletes acked messages ten per request, publishes in batches."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deletes: dict[tuple[str | None, str], list[str]] = {}  # (queue, queue URL) -> receipt handles
+        self._flush_due = False
+
+    def basic_ack(self, delivery_tag, multiple=False):
+        """An ack frees its prefetch slot at once; the DeleteMessage waits for the rest of this turn of
+        the worker's event loop (a batch's acks come in one turn) and goes out with up to nine others
+        in one DeleteMessageBatch. Without an event loop (a plain consumer) kombu deletes at once. A
+        delete that fails leaves the message to come back after its visibility timeout: it runs again,
+        which the result writes absorb (at least once, as before)."""
+        try:
+            info = self.qos.get(delivery_tag).delivery_info
+        except KeyError:
+            info = {}
+        if self.hub is None or "sqs_message" not in info or "sqs_queue" not in info:
+            return super().basic_ack(delivery_tag, multiple)
+        queue = self.canonical_queue_name(info["routing_key"]) if info.get("routing_key") else None
+        pending = self._deletes.setdefault((queue, info["sqs_queue"]), [])
+        pending.append(info["sqs_message"]["ReceiptHandle"])
+        virtual.Channel.basic_ack(self, delivery_tag)  # the QoS slot (kombu frees it after its own delete)
+        if len(pending) >= SEND_BATCH:
+            self.flush_deletes()
+        elif not self._flush_due:
+            self._flush_due = True
+            self.hub.call_soon(self.flush_deletes)
+
+    def flush_deletes(self) -> None:
+        """Send every pending delete (never raises: what is not deleted comes back, and runs again)."""
+        self._flush_due = False
+        deletes, self._deletes = self._deletes, {}
+        for (queue, queue_url), handles in deletes.items():
+            for start in range(0, len(handles), SEND_BATCH):
+                chunk = handles[start:start + SEND_BATCH]
+                try:
+                    reply = self.sqs(queue=queue).delete_message_batch(
+                        QueueUrl=queue_url, Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)])
+                except Exception as exc:  # noqa: BLE001 - an ack must not take the worker down
+                    log.warning("could not delete %d acked message(s) from %s (%r): they come back after the "
+                                "visibility timeout and run again", len(chunk), queue, exc)
+                    continue
+                for failed in reply.get("Failed") or []:
+                    log.warning("SQS did not delete an acked message from %s (%s %s): it comes back after the "
+                                "visibility timeout and runs again", queue, failed.get("Code"), failed.get("Message"))
+
+    def close(self):
+        self.flush_deletes()
+        super().close()
+
     def _envelope_payload(self, payload, raw_text, message, q_url):
         payload = super()._envelope_payload(payload, raw_text, message, q_url)
         payload["properties"]["delivery_info"]["redelivered"] = receive_count(message) > 1
@@ -75,17 +131,22 @@ class PublishBatch:
         self.pending: dict[str, list[dict]] = {}  # queue name -> SendMessageBatch entries
 
     def publish(self, message: dict, exchange: str = "", routing_key: str = "", **_kwargs) -> None:
-        if exchange or routing_key.endswith(".fifo"):  # not what enqueue_images sends: kombu's own path
-            self.channel.basic_publish(message, exchange, routing_key)
+        """Buffer ``message`` for the queue it routes to: ``routing_key`` itself with the default
+        exchange (enqueue_images), or the queues a direct exchange binds it to (Celery's task routes)."""
+        channel = self.channel
+        if exchange and channel.typeof(exchange).type != "direct" or routing_key.endswith(".fifo"):
+            channel.basic_publish(message, exchange, routing_key)  # fanout, topic, FIFO: kombu's own path
             return
-        self.channel._inplace_augment_message(message, exchange, routing_key)
+        queues = list(channel._lookup(exchange, routing_key)) if exchange else [routing_key]
+        channel._inplace_augment_message(message, exchange, routing_key)
         body = dumps(message)
-        if self.channel.sqs_base64_encoding:
+        if channel.sqs_base64_encoding:
             body = kombu_sqs.AsyncMessage().encode(body)
-        entries = self.pending.setdefault(routing_key, [])
-        entries.append({"Id": str(len(entries)), "MessageBody": body})
-        if len(entries) >= SEND_BATCH:
-            self._send(routing_key)
+        for queue in queues:
+            entries = self.pending.setdefault(queue, [])
+            entries.append({"Id": str(len(entries)), "MessageBody": body})
+            if len(entries) >= SEND_BATCH:
+                self._send(queue)
 
     def _send(self, queue: str) -> None:
         entries = self.pending.pop(queue, [])

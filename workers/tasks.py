@@ -178,12 +178,12 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
     metrics.observe_batch("detect", images=len(prepared), crops=sum(len(cs.crops) for cs in crop_sets),
                           seconds=time.perf_counter() - started)
     log.info("detect batch: %d images", len(prepared))
+    refused = batching.hand_on_all(task.app, [(request, crop_set.to_message())
+                                              for request, crop_set in zip(waiting, crop_sets, strict=True)])
     for request, crop_set in zip(waiting, crop_sets, strict=True):
         metrics.TASKS.labels(task.name, "error" if crop_set.error else "ok").inc()
-        try:
-            batching.hand_on(task.app, request, crop_set.to_message())
-        except Exception as exc:  # noqa: BLE001 - the broker refused the next step: do it all again later
-            log.error("could not hand %s on to classify (%r): requeueing it", crop_set.source.uri, exc)
+        if request.id in refused:  # the broker refused the next step: do it all again later
+            log.error("could not hand %s on to classify (%r): requeueing it", crop_set.source.uri, refused[request.id])
             requeue.append(request.id)
             continue
         done.append((request, {"key": crop_set.source.key, "vehicles": len(crop_set.crops),
