@@ -13,12 +13,13 @@ from typing import Any
 from devstack.processes import Process, start_process, stop_process, wait_until
 
 
-def worker_argv(queue: str, name: str, *, concurrency: int = 1) -> list[str]:
-    """The documented worker command line, run with this interpreter (prefetch per workers.batching)."""
+def worker_argv(queue: str, name: str, *, concurrency: int = 1, env: dict[str, str] | None = None) -> list[str]:
+    """The documented worker command line, run with this interpreter (prefetch per workers.batching, from
+    the settings in ``env``: the stack's, else this process's environment)."""
     from vehicle_core.config import load_settings
     from workers.batching import prefetch_for
 
-    settings = load_settings()
+    settings = load_settings(env=env)
     return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-c", str(concurrency),
             "-n", name, f"--prefetch-multiplier={prefetch_for(queue, settings)}", "--loglevel=INFO",
             "--without-gossip", "--without-mingle"]
@@ -96,8 +97,8 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     root = Path(__file__).resolve().parents[1]
     sqs = broker_url.startswith("sqs://")
     for name, argv in (
-        ("detect-worker", worker_argv("detect", "detect@demo")),
-        ("classify-worker", worker_argv("classify", "classify@demo")),
+        ("detect-worker", worker_argv("detect", "detect@demo", env=env)),
+        ("classify-worker", worker_argv("classify", "classify@demo", env=env)),
         ("producer", producer_argv(queue_url)),
         *([] if sqs else [("flower", flower_argv(flower_port))]),  # on SQS Flower has nothing to show
     ):

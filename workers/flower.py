@@ -9,6 +9,7 @@
 * No credentials, malformed ones, or the demo's published ``admin:change-me`` outside ``--demo``:
   refused, with a line saying what to set (exit status 2).
 * Flower binds ``flower.address`` (127.0.0.1 unless told otherwise).
+* On an SQS broker (``broker.url: sqs://``) it refuses to start: Flower would show nothing there.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         settings = load_settings(args.config)
+        if settings.broker.kind == "sqs":
+            raise ConfigError("Flower has nothing to show on an SQS broker (no task events, no broadcasts to "
+                              "find workers): watch vp_queue_depth on the workers' /metrics and the queues' "
+                              "CloudWatch metrics instead (docs/operations.md, two brokers)")
         secret = credentials(settings.flower, demo=args.demo)
     except Exception as exc:  # one line for known failures
         return report("vehicle-flower", exc)

@@ -162,10 +162,11 @@ def start_workers(args: argparse.Namespace, env: dict[str, str], queue_url: str,
     from workers.messages import sender_app
 
     root = Path(__file__).resolve().parents[2]
-    specs = [(f"detect-worker-{i}", worker_argv("detect", f"detect{i}@bench", concurrency=args.detect_concurrency))
+    specs = [(f"detect-worker-{i}", worker_argv("detect", f"detect{i}@bench", concurrency=args.detect_concurrency,
+                                                env=env))
              for i in range(args.detect_workers)]
     specs += [(f"classify-worker-{i}", worker_argv("classify", f"classify{i}@bench",
-                                                   concurrency=args.classify_concurrency))
+                                                   concurrency=args.classify_concurrency, env=env))
               for i in range(args.classify_workers)]
     specs += [(f"producer-{i}", producer_argv(queue_url)) for i in range(args.producers)]
     procs = [start_process(name, argv, env, log_dir, cwd=root) for name, argv in specs]

@@ -169,7 +169,8 @@ def test_chaos(chaos):
         slow.touch()  # batches now take seconds: the kill below lands while one is held
         keys = chaos.upload("p2", PER_PHASE)
         wait_until(lambda: chaos.queue_depth("classify") >= 16, timeout=180, what="16 crop sets waiting")
-        fresh = start_process("classify-worker", worker_argv("classify", "classify@demo"), chaos.stack.env,
+        env = chaos.stack.env
+        fresh = start_process("classify-worker", worker_argv("classify", "classify@demo", env=env), env,
                               chaos.stack.log_dir)
         chaos.stack.processes.append(fresh)
         wait_until(lambda: len(chaos.in_flight("classify")) >= 4, timeout=180, what="a batch in a classify process")
@@ -192,8 +193,9 @@ def test_chaos(chaos):
         victim = chaos.worker("detect-worker")
         kill_process(victim)
         chaos.stack.processes.remove(victim)
-        chaos.stack.processes.append(start_process("detect-worker", worker_argv("detect", "detect2@demo"),
-                                                   chaos.stack.env, chaos.stack.log_dir))
+        env = chaos.stack.env
+        chaos.stack.processes.append(start_process("detect-worker", worker_argv("detect", "detect2@demo", env=env),
+                                                   env, chaos.stack.log_dir))
         return keys
 
     _phase(chaos, "detect worker SIGKILL + replacement", detect_worker_killed)

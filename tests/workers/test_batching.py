@@ -16,6 +16,13 @@ def test_each_batching_worker_prefetches_a_full_batch_and_other_queues_keep_thei
     assert prefetch_for("train", settings) == 1
 
 
+def test_on_an_sqs_broker_a_detect_worker_receives_the_next_batch_while_one_runs():
+    settings = load_settings(env={"VP_BROKER__URL": "sqs://", "VP_DETECTOR__BATCH_SIZE": "6",
+                                  "VP_WORKER__BATCH_FLUSH_EVERY": "12"})
+    assert prefetch_for("detect", settings) == 12
+    assert prefetch_for("classify", settings) == 12
+
+
 def test_a_larger_configured_prefetch_is_kept():
     settings = load_settings(env={"VP_WORKER__BATCH_FLUSH_EVERY": "4", "VP_WORKER__PREFETCH_MULTIPLIER": "32"})
     assert prefetch_for("classify", settings) == 32

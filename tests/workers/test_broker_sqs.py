@@ -189,10 +189,9 @@ def test_a_worker_app_on_sqs_refuses_to_start_without_the_state_redis():
 
 
 def test_kombus_http_client_is_mended_libcurls_milliseconds_and_a_timeout_on_every_transfer():
+    from kombu.asynchronous import Hub
     from kombu.asynchronous.http import Request
     from kombu.asynchronous.http.curl import CurlClient, pycurl
-
-    from kombu.asynchronous import Hub
 
     broker_sqs.install()
     broker_sqs.install()  # idempotent: the wrappers are not stacked

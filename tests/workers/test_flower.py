@@ -46,6 +46,13 @@ def test_vehicle_flower_without_credentials_says_what_to_set():
     assert out.returncode == 2 and "demo's published password" in out.stderr and len(out.stderr.splitlines()) == 1
 
 
+def test_vehicle_flower_on_an_sqs_broker_says_it_would_show_nothing_and_what_to_watch():
+    env = {"PATH": "/usr/bin:/bin", "VP_FLOWER__BASIC_AUTH": "ops:s3cret-pass", "VP_BROKER__URL": "sqs://"}
+    out = subprocess.run([sys.executable, "-m", "workers.flower"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "SQS broker" in out.stderr and "vp_queue_depth" in out.stderr
+    assert len(out.stderr.splitlines()) == 1
+
+
 def test_flower_lists_both_queues_whichever_workers_it_has_inspected():
     """Flower lists the queues of inspected workers only (else the default queue): `detect` went
     missing while only the classify worker was known. workers.flower_server adds every routed queue."""
