@@ -81,3 +81,26 @@ def test_a_retry_a_backfill_or_conditional_writes_off_make_the_check():
     assert may_repeat(_request({}), EVENT, ResultSettings(bucket=None, prefix="results/", conditional_writes=False))
     assert may_repeat(_request({}), SourceRef("b", "k.jpg", etag="e1"), RESULTS)  # no event: backfill, reconcile
     assert not may_repeat(_request({}), EVENT, RESULTS)
+
+
+def test_recording_and_acking_a_delivery_cost_two_commands_each_without_multi_exec(url):
+    # What the transport pays Redis per message beyond BRPOP (docs/scale.md), counted by redis-server:
+    # ZADD + HSET to record the delivery, ZREM + HDEL for its ack; no MULTI/EXEC around either.
+    client = redis.Redis.from_url(url)
+
+    def spent() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()
+                if name.startswith("cmdstat_") and not name.startswith(("cmdstat_config", "cmdstat_info"))}
+
+    _publish(url)
+    conn, message = _take(url)
+    qos = message.channel.qos
+    client.config_resetstat()
+    qos.append(message, message.delivery_tag)  # what the transport did when it received it (idempotent)
+    assert spent() == {"zadd": 1, "hset": 1}
+    client.config_resetstat()
+    message.ack()
+    assert spent() == {"zrem": 1, "hdel": 1}
+    assert client.hlen(message.channel.unacked_key) == 0 and client.zcard(message.channel.unacked_index_key) == 0
+    conn.release()
