@@ -76,8 +76,8 @@ class QoS(kombu_redis.QoS):
     @contextlib.contextmanager
     def pipe_or_acquire(self, pipe=None, client=None):
         """kombu's QoS records a delivery (ZADD + HSET) and forgets an ack (ZREM + HDEL) in a MULTI/EXEC
-        pipeline: 4 commands where 2 do, twice per message, 8 of the broker's 22.5 commands per image.
-        Here without MULTI/EXEC, still one round trip. What atomicity bought is kept otherwise: a record
+        pipeline: 4 commands where 2 do, twice per message, 8 of the broker's 22.4 commands per image
+        (14.5 without: docs/scale.md). Here without MULTI/EXEC, still one round trip. What atomicity bought is kept otherwise: a record
         cut short by a lost connection is sent again whole by :meth:`append` (both commands are
         idempotent), and Redis applies (and its AOF keeps) a pipeline's commands in order, so the one
         partial state left by a server dying between two commands is harmless: an index entry without
