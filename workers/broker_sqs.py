@@ -20,7 +20,7 @@ SQS gives it:
   image (docs/scale.md), so one small Redis serves a fleet whose messages go through SQS.
 
 Two faults of kombu 5.7's asynchronous HTTP client (``kombu/asynchronous/http/curl.py``), through which
-a worker receives and deletes SQS messages, are mended by :func:`install`:
+a worker receives SQS messages, are mended by :func:`install`, and two of its SQS channel by :class:`Channel`:
 
 - **A one-second stall per poll.** libcurl asks for a timer in *milliseconds* (``M_TIMERFUNCTION``);
   ``CurlClient._set_timeout`` hands the number to ``hub.call_later``, which takes *seconds*, so a
@@ -31,6 +31,11 @@ a worker receives and deletes SQS messages, are mended by :func:`install`:
   forever, and the worker, alive and healthy to a liveness probe, never consumes again. Every request
   now gives up after its own ``request_timeout`` (kombu's 30 s; longer than the 10-second long poll),
   and kombu's error path polls again.
+- **A receive answered 5xx ends consumption.** kombu turns it into an empty list and then reads it as
+  a dict; the error breaks the chain that schedules the next poll (:meth:`Channel._on_messages_ready`).
+  Found by the chaos test's SQS outage: both workers stopped receiving for good.
+- **A requeue during an SQS outage ends the worker.** Giving a batch back is a ChangeMessageVisibility;
+  its error reached Celery's consumer as unrecoverable (:class:`QoS`). Found the same way.
 
 Installed by ``workers.app.create_app`` (:func:`install`) for ``sqs://`` URLs.
 """
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: SQS's most messages in one SendMessageBatch.
 SEND_BATCH = 10
+#: After a receive that failed (SQS answered 5xx, timed out), the next poll waits this long.
+RECEIVE_RETRY_S = 1.0
 
 
 def receive_count(message: dict) -> int:
@@ -58,8 +65,39 @@ def receive_count(message: dict) -> int:
         return 0
 
 
+class QoS(kombu_sqs.QoS):
+    def reject(self, delivery_tag, requeue=False):
+        """A requeue is a ChangeMessageVisibility; with SQS unreachable kombu raised it into the
+        consumer, which Celery takes as unrecoverable: the worker exited (found by the chaos test's SQS
+        outage). Here the message is let go: still invisible, it comes back when its visibility timeout
+        ends, and its prefetch slot is freed."""
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except Exception as exc:  # noqa: BLE001 - SQS unreachable: the visibility timeout gives it back
+            log.warning("could not give message %s back to SQS (%r): it comes back when its visibility "
+                        "timeout ends", _task_id(self._delivered.get(delivery_tag)), exc)
+            self._quick_ack(delivery_tag)
+
+
+def _task_id(message) -> str | None:
+    try:
+        return (message.headers or {}).get("id")
+    except Exception:  # noqa: BLE001 - only for a log line
+        return None
+
+
 class Channel(kombu_sqs.Channel):
-    """kombu's SQS channel; marks redeliveries, deletes acked messages ten per request, publishes in batches."""
+    """kombu's SQS channel; marks redeliveries, deletes acked messages ten per request, publishes in
+    batches, and keeps consuming through an SQS outage."""
+
+    QoS = QoS
+
+    def basic_reject(self, delivery_tag, requeue=False):
+        try:
+            super().basic_reject(delivery_tag, requeue=requeue)
+        except Exception as exc:  # noqa: BLE001 - the delete of a dropped message failed: SQS gives it back
+            log.warning("could not delete rejected message %s from SQS (%r): it comes back when its visibility "
+                        "timeout ends", delivery_tag, exc)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,6 +147,28 @@ class Channel(kombu_sqs.Channel):
     def close(self):
         self.flush_deletes()
         super().close()
+
+    def _on_messages_ready(self, queue, qname, messages):
+        """kombu answers a receive that got a 5xx or timed out with an empty *list*, then reads it as a
+        dict (``AttributeError``); any error here broke the promise chain that schedules the next poll,
+        and the worker, alive, never received again. Here a failed receive counts as an empty one and
+        the next poll waits :data:`RECEIVE_RETRY_S` (:meth:`_loop1`)."""
+        if not isinstance(messages, dict):
+            self._receive_failed = True
+            return 0
+        try:
+            return super()._on_messages_ready(queue, qname, messages)
+        except Exception:  # noqa: BLE001 - one bad answer must not end consumption
+            log.exception("receiving from %s failed; polling again in %.0f s", qname, RECEIVE_RETRY_S)
+            self._receive_failed = True
+            return 0
+
+    def _loop1(self, queue, messages_fetched=None):
+        if getattr(self, "_receive_failed", False):
+            self._receive_failed = False
+            self.hub.call_later(RECEIVE_RETRY_S, self._schedule_queue, queue)
+            return
+        super()._loop1(queue, messages_fetched)
 
     def _envelope_payload(self, payload, raw_text, message, q_url):
         payload = super()._envelope_payload(payload, raw_text, message, q_url)

@@ -1,7 +1,7 @@
 """Chaos: 300 images through the real stack while, in turn, processes die, Redis restarts, S3 fails,
 events come twice and out of order, and a poison image kills whatever decodes it; once with the Redis
 broker, once with the SQS broker (moto's SQS; Redis then keeps only the crash ledger and the dead list,
-and it is that Redis which restarts).
+and it is that Redis which restarts; an eighth phase then has SQS itself fail every request for a while).
 
 Real servers on loopback: redis-server (AOF on, restarted mid-test), moto over HTTP behind the
 fault-injecting proxy (devstack/s3_proxy.py) for the workers' S3 traffic, the producer, one detect
@@ -114,7 +114,8 @@ def chaos(request, classifier_artifact, tmp_path_factory):
     redis_ctx = redis_server(port, data_dir=redis_dir)
     server = redis_ctx.__enter__()
     # A moto server of its own: the bucket, the event queue and (SQS broker) the task queues start empty.
-    with moto_server() as moto, s3_proxy(moto.endpoint_url, seed=11) as proxy:
+    with moto_server() as moto, s3_proxy(moto.endpoint_url, seed=11) as proxy, \
+            s3_proxy(moto.endpoint_url, seed=12) as sqs_proxy:
         poison_path = str(Path(__file__).parent / "poison")
         extra = {
             "AWS_ENDPOINT_URL_S3": proxy.endpoint_url,  # the workers' S3 traffic goes through the proxy
@@ -128,11 +129,13 @@ def chaos(request, classifier_artifact, tmp_path_factory):
         broker_url = server.url
         if kind == "sqs":  # task messages in SQS; the crash ledger and the dead list in the Redis
             broker_url = "sqs://"
-            extra.update({"VP_BROKER__STATE_URL": server.url, "VP_BROKER__REGION": "us-east-1"})
+            extra.update({"VP_BROKER__STATE_URL": server.url, "VP_BROKER__REGION": "us-east-1",
+                          "AWS_ENDPOINT_URL_SQS": sqs_proxy.endpoint_url})  # SQS faults on demand (phase 8)
         stack = start_stack((broker_url, aws_env(moto.endpoint_url)), log_dir=log_dir,
                             classifier=classifier_artifact, flower_port=free_port(), basic_auth="chaos:chaos-pass",
                             bucket=BUCKET, extra_env=extra)
         state = Chaos(stack, proxy, port, redis_dir, kind)
+        state.sqs_proxy = sqs_proxy
         state.redis_ctx = redis_ctx
         try:
             yield state
@@ -251,6 +254,21 @@ def test_chaos(chaos):
 
     _phase(chaos, "poison image (kills its process)", poison)
 
+    # 8. SQS broker only: SQS itself answers 500/503 to every request of the workers and the producer
+    #    (the task queues and the event queue) while images flow, then recovers.
+    def sqs_outage():
+        keys = chaos.upload("p8", 10)
+        wait_until(lambda: len(results_under(chaos.stack.s3, BUCKET, "results/p8/")) >= 2, timeout=180,
+                   what="some results before the outage")
+        chaos.sqs_proxy.fault_rate = 1.0
+        keys += chaos.upload("p8", 15)
+        wait_until(lambda: sum(chaos.sqs_proxy.faults.values()) >= 60, timeout=180, what="60 SQS requests failed")
+        chaos.sqs_proxy.fault_rate = 0.0
+        return keys
+
+    if chaos.kind == "sqs":
+        _phase(chaos, "SQS 500/503 on every request, then back", sqs_outage)
+
     # Then: exactly one current, valid result per image; the poison one says worker_crashed
     docs = results_under(chaos.stack.s3, BUCKET)
     lost = [k for k, etag in chaos.expected.items() if k not in docs or docs[k]["source"]["etag"] != etag]
@@ -264,7 +282,7 @@ def test_chaos(chaos):
     _print_table(chaos, writes, lost)
     print(f"chaos ({chaos.kind} broker): {len(lost)} lost, {len(duplicated)} duplicated")
     assert lost == []
-    assert len(chaos.expected) == 300
+    assert len(chaos.expected) == (300 if chaos.kind == "redis" else 325)
 
 
 def _sqs(chaos):
@@ -292,7 +310,7 @@ def _result_writes(log_dir: Path) -> dict[str, int]:
 
 def _print_table(chaos: Chaos, writes: dict[str, int], lost: list[str]) -> None:
     prefixes = {"detect pool": "p1/", "classify pool": "p2/", "detect worker": "p3/", "redis": "p4/", "S3": "p5/",
-                "events": "p6/", "poison": "p7/"}
+                "events": "p6/", "poison": "p7/", "SQS": "p8/"}
     print(f"\n{chaos.kind + ' broker: fault':<46} | images | results | lost | duplicates | seconds")
     for fault, images, seconds in chaos.rows:
         prefix = next(p for name, p in prefixes.items() if fault.startswith(name))

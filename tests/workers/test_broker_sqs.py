@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 RESULTS = ResultSettings(bucket=None, prefix="results/")
 EVENT = SourceRef("b", "k.jpg", etag="e1", event_time="2026-12-03T15:00:00.000Z")
 # A short long-poll: kombu also hides a requeued message this long.
-OPTIONS = {"region": "us-east-1", "wait_time_seconds": 1, "visibility_timeout": 30}
+OPTIONS = {"region": "us-east-1", "wait_time_seconds": 1, "visibility_timeout": 30, "polling_interval": 0}
 
 
 @pytest.fixture
@@ -222,3 +222,51 @@ def test_kombus_http_client_is_mended_libcurls_milliseconds_and_a_timeout_on_eve
     finally:
         client.close()
         hub.close()
+
+
+def test_a_receive_answered_5xx_is_an_empty_poll_and_the_next_one_waits_a_second(aws_env):
+    # kombu turns a 5xx into [] and then reads it as a dict: the AttributeError ended consumption for good
+    # (found by the chaos test's SQS outage). Now: an empty poll, and the next poll is scheduled, later.
+    scheduled = []
+
+    class Hub:
+        def call_later(self, seconds, fun, *args):
+            scheduled.append(("later", seconds, args))
+
+        def call_soon(self, fun, *args):
+            scheduled.append(("soon", 0, args))
+
+    with _connection() as conn:
+        channel = conn.default_channel
+        channel.hub = Hub()
+        assert channel._on_messages_ready("q", "q", []) == 0
+        channel._loop1("q", 0)
+        assert scheduled == [("later", broker_sqs.RECEIVE_RETRY_S, ("q",))]
+        channel._loop1("q", 3)  # the next poll after a good one: at once, as kombu does
+        assert scheduled[-1] == ("soon", 0, ("q",))
+        assert channel._on_messages_ready("q", "q", {"Messages": []}) == 0  # an empty answer: kombu's own path
+        channel._loop1("q", 0)
+        assert scheduled[-1] == ("soon", 0, ("q",))  # polling_interval 0 (workers.messages): at once
+
+
+def test_a_requeue_sqs_refuses_lets_the_message_go_instead_of_ending_the_worker(aws_env, queue_name, monkeypatch):
+    # Giving a batch back during an SQS outage raised into Celery's consumer, which exited the worker
+    # (found by the chaos test). Now the message stays invisible until its visibility timeout and its
+    # prefetch slot is freed; nothing is raised.
+    from botocore.exceptions import EndpointConnectionError
+
+    _publish(queue_name)
+    with _connection() as conn:
+        message = _take(conn, queue_name)
+        channel = message.channel
+
+        def unreachable(*_args, **_kwargs):
+            raise EndpointConnectionError(endpoint_url="http://sqs.invalid")
+
+        monkeypatch.setattr(channel, "_restore", unreachable)
+        message.reject(requeue=True)  # raised EndpointConnectionError before
+        assert message.delivery_tag in channel.qos._dirty  # its slot is given back (flushed on the next poll)
+        monkeypatch.setattr(channel, "_delete_rejected_message", unreachable)
+        _publish(queue_name)
+        dropped = _take(conn, queue_name)
+        dropped.channel.basic_reject(dropped.delivery_tag, requeue=False)  # and so did a failed delete
