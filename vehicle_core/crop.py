@@ -86,6 +86,11 @@ def encode_crop(pixels: np.ndarray, settings: CropSettings) -> bytes:
     return buf.tobytes()
 
 
+def reencode_crop(data: bytes, quality: int) -> bytes:
+    """Crop bytes JPEG-encoded again at ``quality`` (smaller; for a message size limit)."""
+    return encode_crop(decode_crop(data), CropSettings(jpeg_quality=quality))
+
+
 def decode_crop(data: bytes) -> np.ndarray:
     """Crop bytes (JPEG/PNG) -> RGB uint8; undecodable bytes raise UndecodableImageError."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None

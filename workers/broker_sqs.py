@@ -57,6 +57,40 @@ SEND_BATCH = 10
 RECEIVE_RETRY_S = 1.0
 
 
+#: SQS's largest message body (standard queues; 1 MiB since August 2025, the loopback server's limit too).
+MAX_MESSAGE_BYTES = 1_048_576
+#: Celery's headers and kombu's envelope around a task's arguments: a CropSet message's are ~1.5 KB.
+ENVELOPE_BYTES = 8_192
+#: JPEG qualities a CropSet's crops are encoded again at, in turn, until its message fits.
+SHRINK_QUALITIES = (75, 50, 30)
+
+
+def wire_bytes(arguments: dict) -> int:
+    """Bytes SQS receives for a task message carrying ``arguments``: kombu base64-encodes the task body
+    inside its envelope, then the whole envelope (``sqs_base64_encoding``): 4/3 twice."""
+    body = len(dumps(arguments).encode())
+    return (body * 4 // 3 + ENVELOPE_BYTES) * 4 // 3
+
+
+def fit_crop_set(crop_set, limit: int = MAX_MESSAGE_BYTES):
+    """The CropSet's message once it fits in one SQS message: as it is (nearly always: 20 crops of at most
+    160 px are ~300 KB on the wire), else its crops encoded again at lower JPEG qualities; None when it
+    does not fit even then (``detector.max_vehicles`` or ``crop.size`` set too large for SQS)."""
+    message = crop_set.to_message()
+    if wire_bytes(message) <= limit:
+        return message
+    from vehicle_core.crop import reencode_crop
+
+    for quality in SHRINK_QUALITIES:
+        crop_set.crops = [reencode_crop(crop, quality) for crop in crop_set.crops]
+        message = crop_set.to_message()
+        if wire_bytes(message) <= limit:
+            log.warning("crops of %s encoded again at JPEG quality %d to fit one SQS message (%d bytes)",
+                        crop_set.source.uri, quality, wire_bytes(message))
+            return message
+    return None
+
+
 def receive_count(message: dict) -> int:
     """SQS's ``ApproximateReceiveCount`` of a received message (0 when SQS did not say)."""
     try:

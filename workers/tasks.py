@@ -178,9 +178,20 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
     metrics.observe_batch("detect", images=len(prepared), crops=sum(len(cs.crops) for cs in crop_sets),
                           seconds=time.perf_counter() - started)
     log.info("detect batch: %d images", len(prepared))
-    refused = batching.hand_on_all(task.app, [(request, crop_set.to_message())
-                                              for request, crop_set in zip(waiting, crop_sets, strict=True)])
+    messages, sending = {}, []
     for request, crop_set in zip(waiting, crop_sets, strict=True):
+        message = _fit_to_broker(crop_set)
+        if message is None:  # too large for the broker even with smaller crops: a setting's fault, it waits
+            exc = ConfigError(f"the crops of {crop_set.source.uri} do not fit in one SQS message: lower "
+                              "detector.max_vehicles or crop.size")
+            log.error("%s", exc.message)
+            if _retry(task, request, crop_set.source, exc) == batching.REQUEUE:
+                requeue.append(request.id)
+            continue
+        messages[request.id] = message
+        sending.append((request, crop_set))
+    refused = batching.hand_on_all(task.app, [(request, messages[request.id]) for request, _ in sending])
+    for request, crop_set in sending:
         metrics.TASKS.labels(task.name, "error" if crop_set.error else "ok").inc()
         if request.id in refused:  # the broker refused the next step: do it all again later
             log.error("could not hand %s on to classify (%r): requeueing it", crop_set.source.uri, refused[request.id])
@@ -188,6 +199,16 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
             continue
         done.append((request, {"key": crop_set.source.key, "vehicles": len(crop_set.crops),
                                "error": crop_set.error, "batch_images": len(prepared)}))
+
+
+def _fit_to_broker(crop_set) -> dict | None:
+    """The CropSet's message; on an SQS broker, one that fits in an SQS message (workers/broker_sqs.py),
+    or None when none does."""
+    if settings.broker.kind != "sqs":
+        return crop_set.to_message()
+    from workers.broker_sqs import fit_crop_set
+
+    return fit_crop_set(crop_set)
 
 
 def _fetch(item: tuple[Any, SourceRef]):

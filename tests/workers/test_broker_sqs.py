@@ -270,3 +270,45 @@ def test_a_requeue_sqs_refuses_lets_the_message_go_instead_of_ending_the_worker(
         _publish(queue_name)
         dropped = _take(conn, queue_name)
         dropped.channel.basic_reject(dropped.delivery_tag, requeue=False)  # and so did a failed delete
+
+
+def _noisy_crop_set(n: int):
+    import numpy as np
+
+    from vehicle_core.config import CropSettings
+    from vehicle_core.crop import encode_crop
+    from vehicle_core.messages import CropSet
+    from vehicle_core.results.contract import Detection
+
+    rng = np.random.default_rng(5)
+    crops = [encode_crop(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8), CropSettings(jpeg_quality=100))
+             for _ in range(n)]
+    boxes = [Detection(box=(0.0, 0.0, 160.0, 160.0), score=0.9, label="car") for _ in crops]
+    return CropSet(source=SourceRef("b", "busy-street.jpg", etag="e"), detections=boxes, crops=crops)
+
+
+def test_wire_bytes_bounds_what_sqs_receives_for_a_crop_set(aws_env, sqs, queue_name):
+    from workers.messages import CLASSIFY_TASK
+
+    message = _noisy_crop_set(3).to_message()
+    app = sender_app(_sqs_broker(queue_name))
+    app.send_task(CLASSIFY_TASK, args=[message], queue=queue_name)
+    url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+    (received,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    actual = len(received["Body"].encode())
+    assert actual <= broker_sqs.wire_bytes(message) <= actual * 1.1, (actual, broker_sqs.wire_bytes(message))
+
+
+def test_a_crop_set_too_large_for_one_sqs_message_is_sent_with_smaller_crops_or_not_at_all():
+    from vehicle_core.crop import decode_crop
+    from vehicle_core.messages import CropSet
+
+    crop_set = _noisy_crop_set(20)  # 20 crops of noise at JPEG quality 100: over 1 MiB on the wire
+    assert broker_sqs.wire_bytes(crop_set.to_message()) > broker_sqs.MAX_MESSAGE_BYTES
+    message = broker_sqs.fit_crop_set(crop_set)
+    assert message is not None and broker_sqs.wire_bytes(message) <= broker_sqs.MAX_MESSAGE_BYTES
+    again = CropSet.from_message(message)
+    assert len(again.crops) == 20 and all(decode_crop(c).shape == (160, 160, 3) for c in again.crops)
+    small = _noisy_crop_set(2)
+    assert broker_sqs.fit_crop_set(small) == small.to_message()  # what fits travels as it is
+    assert broker_sqs.fit_crop_set(_noisy_crop_set(20), limit=50_000) is None  # no quality makes it fit
