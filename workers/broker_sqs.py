@@ -49,6 +49,8 @@ from kombu.transport import SQS as kombu_sqs
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
+from workers.broker import _task_id
+
 log = logging.getLogger(__name__)
 
 #: SQS's most messages in one SendMessageBatch.
@@ -112,13 +114,6 @@ class QoS(kombu_sqs.QoS):
             log.warning("could not give message %s back to SQS (%r): it comes back when its visibility "
                         "timeout ends", _task_id(self._delivered.get(delivery_tag)), exc)
             self._quick_ack(delivery_tag)
-
-
-def _task_id(message) -> str | None:
-    try:
-        return (message.headers or {}).get("id")
-    except Exception:  # noqa: BLE001 - only for a log line
-        return None
 
 
 class Channel(kombu_sqs.Channel):
