@@ -274,7 +274,21 @@ def install() -> None:
     from kombu.transport import TRANSPORT_ALIASES
 
     TRANSPORT_ALIASES["sqs"] = TRANSPORT
+    load_pycurl()
     mend_curl_client()
+
+
+def load_pycurl() -> bool:
+    """Import pycurl now, before anything loads TensorFlow: TensorFlow bundles an older libcurl, and a
+    pycurl imported after it refuses to load ("libcurl link-time version is older than compile-time"),
+    so a classify worker could not receive. ``create_app`` runs this before the tasks import any model
+    framework. False (and an error logged) when pycurl cannot be imported."""
+    try:
+        import pycurl  # noqa: F401 - loaded for its libcurl, used by kombu's SQS transport
+    except ImportError as exc:
+        log.error("the SQS broker needs pycurl (pip install pycurl), imported before TensorFlow: %s", exc)
+        return False
+    return True
 
 
 def mend_curl_client() -> None:

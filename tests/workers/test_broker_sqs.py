@@ -188,40 +188,59 @@ def test_a_worker_app_on_sqs_refuses_to_start_without_the_state_redis():
     assert app.conf.worker_enable_remote_control is False and app.conf.worker_send_task_events is False
 
 
+MEND_CHECK = """
+import io
+from workers import broker_sqs
+broker_sqs.install()
+broker_sqs.install()  # idempotent: the wrappers are not stacked
+from kombu.asynchronous import Hub
+from kombu.asynchronous.http import Request
+from kombu.asynchronous.http.curl import CurlClient, pycurl
+
+hub, later = Hub(), []
+hub.call_later = lambda seconds, fun, *args: later.append(seconds)  # what the client schedules
+client = CurlClient(hub=hub)
+later.clear()  # (the client's own start-up asks for a timer too)
+client._set_timeout(1)  # libcurl asks for 1 ms: not 1 s
+client._set_timeout(250)
+client._set_timeout(-1)  # libcurl deletes its timer: nothing scheduled
+assert later == [0.001, 0.25], later
+seen = {}
+
+class Handle:
+    def setopt(self, option, value):
+        seen[option] = value
+
+    def unsetopt(self, option):
+        seen.pop(option, None)
+
+request = Request("http://127.0.0.1:1/", request_timeout=12.5, connect_timeout=3)
+client._setup_request(Handle(), request, io.BytesIO(), client.Headers())
+assert seen[pycurl.TIMEOUT_MS] == 12500 and seen[pycurl.CONNECTTIMEOUT_MS] == 3000, seen
+client.close()
+hub.close()
+print("mended")
+"""
+
+
 def test_kombus_http_client_is_mended_libcurls_milliseconds_and_a_timeout_on_every_transfer():
-    from kombu.asynchronous import Hub
-    from kombu.asynchronous.http import Request
-    from kombu.asynchronous.http.curl import CurlClient, pycurl
+    # In a fresh interpreter, as a worker loads it: this test process may have loaded TensorFlow already,
+    # whose older libcurl keeps pycurl from loading after it (workers.broker_sqs.load_pycurl).
+    import subprocess
+    import sys
 
-    broker_sqs.install()
-    broker_sqs.install()  # idempotent: the wrappers are not stacked
-    hub, later = Hub(), []
-    hub.call_later = lambda seconds, fun, *args: later.append(seconds)  # what the client schedules
-    client = CurlClient(hub=hub)
-    try:
-        later.clear()  # (the client's own start-up asks for a timer too)
-        client._set_timeout(1)  # libcurl asks for 1 ms: not 1 s
-        client._set_timeout(250)
-        client._set_timeout(-1)  # libcurl deletes its timer: nothing scheduled
-        assert later == [0.001, 0.25]
+    out = subprocess.run([sys.executable, "-c", MEND_CHECK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "mended", out.stderr[-2000:]
 
-        seen = {}
 
-        class Handle:
-            def setopt(self, option, value):
-                seen[option] = value
+def test_pycurl_loads_before_tensorflow_and_not_after_it():
+    # Why install() imports pycurl at once: a classify worker's process loads TensorFlow later.
+    import subprocess
+    import sys
 
-            def unsetopt(self, option):
-                seen.pop(option, None)
-
-        import io
-
-        request = Request("http://127.0.0.1:1/", request_timeout=12.5, connect_timeout=3)
-        client._setup_request(Handle(), request, io.BytesIO(), client.Headers())
-        assert seen[pycurl.TIMEOUT_MS] == 12500 and seen[pycurl.CONNECTTIMEOUT_MS] == 3000
-    finally:
-        client.close()
-        hub.close()
+    before = "from workers import broker_sqs; assert broker_sqs.load_pycurl(); import tensorflow; print('ok')"
+    out = subprocess.run([sys.executable, "-c", before], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_a_receive_answered_5xx_is_an_empty_poll_and_the_next_one_waits_a_second(aws_env):
