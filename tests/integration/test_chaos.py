@@ -32,7 +32,7 @@ from devstack.processes import kill_process, start_process, stop_process, wait_u
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import aws_env, free_port, moto_server, redis_server
 from devstack.stack import start_stack, stop_stack, worker_argv
-from tests.integration.poison.sitecustomize import POISON, SLOW_FILE
+from tests.integration.poison.sitecustomize import POISON, SLOW_DETECT_FILE, SLOW_FILE
 from tests.integration.stack import results_under
 from training.synthetic.scenes import encode, make_scene
 from vehicle_core.results.contract import validate_result
@@ -125,6 +125,7 @@ def chaos(request, classifier_artifact, tmp_path_factory):
             "VP_WORKER__RETRY_BACKOFF_MAX_S": "2",
             "VP_STORAGE__MAX_ATTEMPTS": "3",
             SLOW_FILE: str(log_dir / "slow-classify"),  # exists only while phase 2 wants slow batches
+            SLOW_DETECT_FILE: str(log_dir / "slow-detect"),  # ... and phases 1 and 3 slow detect batches
         }
         broker_url = server.url
         if kind == "sqs":  # task messages in SQS; the crash ledger and the dead list in the Redis
@@ -154,10 +155,13 @@ def _phase(chaos: Chaos, fault: str, keys_and_action) -> None:
 def test_chaos(chaos):
     # 1. The detect pool process is SIGKILLed while it works on an image: requeued at once.
     def detect_pool_killed():
+        slow = Path(chaos.stack.env[SLOW_DETECT_FILE])
+        slow.touch()  # detect batches take seconds: the kill below lands while one is held, however fast
         keys = chaos.upload("p1", PER_PHASE)
         wait_until(lambda: len(chaos.in_flight("detect")) >= 1, timeout=120, what="a detect task in flight")
         for child in chaos.pool_children("detect-worker"):
             child.kill()
+        slow.unlink()
         return keys
 
     _phase(chaos, "detect pool process SIGKILL", detect_pool_killed)
@@ -191,8 +195,11 @@ def test_chaos(chaos):
 
     # 3. A whole detect worker is SIGKILLed (node lost); another takes over after the visibility timeout.
     def detect_worker_killed():
+        slow = Path(chaos.stack.env[SLOW_DETECT_FILE])
+        slow.touch()
         keys = chaos.upload("p3", PER_PHASE)
         wait_until(lambda: len(chaos.in_flight("detect")) >= 1, timeout=120, what="a detect task in flight")
+        slow.unlink()  # the replacement works at full speed
         victim = chaos.worker("detect-worker")
         kill_process(victim)
         chaos.stack.processes.remove(victim)
