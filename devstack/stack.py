@@ -46,7 +46,9 @@ def stack_env(*, broker_url: str, aws: dict[str, str], extra: dict[str, str] | N
 def worker_ready(app, name: str, process: Process | None = None) -> bool:
     """True once worker ``name`` answers a broadcast ping (Redis), or once its log says it is ready
     (SQS carries no broadcasts: ``celery@host ready.`` is Celery's line once it consumes)."""
-    if process is not None and app.conf.broker_url.startswith("sqs://"):
+    from vehicle_core.config import broker_kind
+
+    if process is not None and broker_kind(app.conf.broker_url) == "sqs":
         return process.log_path.exists() and f"{name} ready." in process.log_path.read_text(errors="replace")
     replies = app.control.ping(destination=[name], timeout=1.0) or []
     return any(name in reply for reply in replies)
@@ -95,7 +97,9 @@ def start_stack(stack_servers, *, log_dir: Path, classifier: Path, flower_port: 
     stack = Stack(s3=s3, bucket=bucket, queue_url=queue_url, broker_url=broker_url,
                   flower_url=f"http://127.0.0.1:{flower_port}", env=env, log_dir=log_dir)
     root = Path(__file__).resolve().parents[1]
-    sqs = broker_url.startswith("sqs://")
+    from vehicle_core.config import broker_kind
+
+    sqs = broker_kind(broker_url) == "sqs"
     for name, argv in (
         ("detect-worker", worker_argv("detect", "detect@demo", env=env)),
         ("classify-worker", worker_argv("classify", "classify@demo", env=env)),

@@ -34,6 +34,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from vehicle_core.config import broker_kind
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.results.contract import SourceRef
 from workers.result_writer import write_error_result
@@ -231,7 +232,7 @@ def hand_on_all(app, items: list[tuple[Any, Any]]) -> dict[str, Exception]:
     there fails every request of the batch, and those already sent then run twice (the result writes
     absorb it)."""
     refused: dict[str, Exception] = {}
-    if not str(app.conf.broker_url or "").startswith("sqs://"):
+    if broker_kind(str(app.conf.broker_url or "")) != "sqs":
         for request, value in items:
             try:
                 hand_on(app, request, value)

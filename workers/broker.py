@@ -33,6 +33,8 @@ import threading
 
 from kombu.transport import redis as kombu_redis
 
+from vehicle_core.config import broker_kind
+
 log = logging.getLogger(__name__)
 
 #: Longest pause between two attempts to record a message the broker took but did not record.
@@ -155,5 +157,4 @@ def install() -> None:
 def transport_for(url: str) -> str | None:
     """The transport class used for a broker URL once :func:`install` ran: :data:`TRANSPORT` for
     Redis, None (kombu's own choice from the URL) otherwise."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    return TRANSPORT if scheme in ("redis", "rediss") else None
+    return TRANSPORT if broker_kind(url) == "redis" else None
