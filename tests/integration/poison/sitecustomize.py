@@ -21,6 +21,20 @@ SLOW_DETECT_SECONDS = 2.0
 OOM_FILE = "VP_CHAOS_OOM_FILE"
 
 
+def _slow_while(flag_file, stage, method: str, seconds: float) -> None:
+    """While ``flag_file`` exists, each call of ``stage.method`` takes ``seconds`` longer."""
+    if not flag_file:
+        return
+    run = getattr(stage, method)
+
+    def slow(self, *args):
+        if os.path.exists(flag_file):
+            time.sleep(seconds)  # the slowness being simulated, not synchronisation
+        return run(self, *args)
+
+    setattr(stage, method, slow)
+
+
 def _install() -> None:
     from vehicle_core import images
 
@@ -32,30 +46,11 @@ def _install() -> None:
         return decode(data, settings, **kwargs)
 
     images.decode = decode_or_die
-    slow_file = os.environ.get(SLOW_FILE)
-    if slow_file:
+    if os.environ.get(SLOW_FILE) or os.environ.get(SLOW_DETECT_FILE):
         from vehicle_core import pipeline
 
-        run = pipeline.ClassifyStage.run
-
-        def slow_run(self, crop_sets):
-            if os.path.exists(slow_file):
-                time.sleep(SLOW_SECONDS)  # the slowness being simulated, not synchronisation
-            return run(self, crop_sets)
-
-        pipeline.ClassifyStage.run = slow_run
-    slow_detect_file = os.environ.get(SLOW_DETECT_FILE)
-    if slow_detect_file:
-        from vehicle_core import pipeline
-
-        slow_detect = pipeline.DetectStage.detect
-
-        def slow_detect_batch(self, prepared):
-            if os.path.exists(slow_detect_file):
-                time.sleep(SLOW_DETECT_SECONDS)  # the slowness being simulated, not synchronisation
-            return slow_detect(self, prepared)
-
-        pipeline.DetectStage.detect = slow_detect_batch
+        _slow_while(os.environ.get(SLOW_FILE), pipeline.ClassifyStage, "run", SLOW_SECONDS)
+        _slow_while(os.environ.get(SLOW_DETECT_FILE), pipeline.DetectStage, "detect", SLOW_DETECT_SECONDS)
     oom_file = os.environ.get(OOM_FILE)
     if oom_file:
         from vehicle_core import pipeline
