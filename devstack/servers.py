@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +103,12 @@ def _redis_ping(port: int, password: str | None = None) -> bool:
 
 @contextlib.contextmanager
 def redis_server(port: int | None = None, timeout_s: float = 20.0, *, password: str | None = None,
-                 data_dir: str | Path | None = None) -> Iterator[RedisServer]:
+                 data_dir: str | Path | None = None, extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
     """Start redis-server on 127.0.0.1, wait for PING, yield it, stop it (SIGTERM: AOF flushed).
 
     ``password`` sets ``requirepass``; ``data_dir`` turns AOF persistence on there, so a server
-    started again on the same port and folder comes back with every queue as it was.
+    started again on the same port and folder comes back with every queue as it was; ``extra_args``
+    go on its command line (``["--rename-command", "BLMPOP", ""]``: a server without that command).
     """
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="redis-") as scratch:
@@ -117,6 +118,7 @@ def redis_server(port: int | None = None, timeout_s: float = 20.0, *, password: 
                 "--protected-mode", "no"]
         if password:
             argv += ["--requirepass", password]
+        argv += list(extra_args)
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_for(lambda: _redis_ping(port, password), proc, f"redis-server on port {port}", timeout_s)

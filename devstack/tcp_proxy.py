@@ -1,6 +1,6 @@
 """A TCP proxy on loopback that can cut its connections at a chosen moment: broker faults on demand.
 
-``cut_after_brpop()`` arms it: the next Redis ``BRPOP`` reply that carries a message is forwarded to
+``cut_after_pop()`` arms it: the next Redis ``BRPOP`` or ``BLMPOP`` reply that carries messages is forwarded to
 the client, then every connection is closed and new ones are refused (closed at once) until
 :meth:`TcpProxy.resume`: the broker vanishing in the instant between taking a message off its
 queue and the client recording it. Used by tests/workers/test_broker_window.py.
@@ -30,7 +30,7 @@ class TcpProxy:
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="tcp-proxy-accept").start()
 
-    def cut_after_brpop(self) -> None:
+    def cut_after_pop(self) -> None:
         with self._lock:
             self._armed = True
             self.cut.clear()
@@ -98,7 +98,7 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if from_client and b"BRPOP" in data.upper():
+                if from_client and (b"BRPOP" in data.upper() or b"BLMPOP" in data.upper()):
                     state["brpop"] = True
                 if not from_client and state["brpop"] and data.startswith(b"*2\r\n"):
                     with self._lock:

@@ -224,28 +224,23 @@ HAND_ON_BATCH = 10
 
 
 def hand_on_all(app, items: list[tuple[Any, Any]]) -> dict[str, Exception]:
-    """:func:`hand_on` for each ``(request, value)`` of a batch; returns ``{request id: error}`` for the
-    requests whose next step the broker refused (the caller requeues them).
+    """:func:`hand_on` for each ``(request, value)`` of a batch, published together; returns
+    ``{request id: error}`` for the requests whose next step the broker refused (the caller requeues them).
 
-    Redis: one LPUSH each, failures one by one. SQS: the steps go out together, ten per
-    SendMessageBatch (``workers.broker_sqs.PublishBatch``) instead of one SendMessage each; a refusal
-    there fails every request of the batch, and those already sent then run twice (the result writes
-    absorb it)."""
-    refused: dict[str, Exception] = {}
-    if broker_kind(str(app.conf.broker_url or "")) != "sqs":
-        for request, value in items:
-            try:
-                hand_on(app, request, value)
-            except Exception as exc:  # noqa: BLE001 - the broker refused: the caller requeues it
-                refused[request.id] = exc
-        return refused
+    Redis: one pipeline, whose LPUSHes to one queue are one LPUSH (``workers.broker.PublishBatch``):
+    every step is sent or none. SQS: ten per SendMessageBatch (``workers.broker_sqs.PublishBatch``)
+    instead of one SendMessage each. A refusal fails every request of the batch; on SQS those already
+    sent then run twice (the result writes absorb it)."""
+    if not items:
+        return {}
+    size = HAND_ON_BATCH if broker_kind(str(app.conf.broker_url or "")) == "sqs" else len(items) + 1
     try:
-        with app.producer_or_acquire() as producer, producer.batch(max_size=HAND_ON_BATCH):
+        with app.producer_or_acquire() as producer, producer.batch(max_size=size):
             for request, value in items:
                 hand_on(app, request, value, producer=producer)
     except Exception as exc:  # noqa: BLE001 - the broker refused the batch: the caller requeues every request
-        refused = {request.id: exc for request, _ in items}
-    return refused
+        return {request.id: exc for request, _ in items}
+    return {}
 
 
 def report(task, requests_and_results: list[tuple[Any, dict]], *, runtime: float) -> None:

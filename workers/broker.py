@@ -30,8 +30,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
+from queue import Empty
+from time import monotonic
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from vehicle_core.config import broker_kind
 
@@ -39,6 +46,10 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between two attempts to record a message the broker took but did not record.
 RECORD_BACKOFF_MAX_S = 5.0
+#: Most messages one pop takes (fewer when the prefetch allows fewer).
+POP_MAX = 100
+#: Most acks held for one ZREM + HDEL before they go out without waiting for the end of the loop's turn.
+ACK_BATCH_MAX = 500
 
 
 def _terminating() -> bool:
@@ -50,42 +61,71 @@ def _terminating() -> bool:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS whose ``append`` survives a broker that vanished right after BRPOP."""
+    """kombu's Redis QoS whose records survive a broker that vanished right after a pop, recorded and
+    forgotten a batch at a time."""
 
     #: woken early by a test, or by a shutdown; never used to synchronise anything.
     _wake = threading.Event()
 
-    def append(self, message, delivery_tag):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._recorded: set[str] = set()  # recorded by the channel's pop (:meth:`record_many`), not yet appended
+        self._forget: list[str] = []  # acked here, their records not yet removed from Redis (:meth:`flush_acks`)
+        self._flush_due = False
+
+    def _until_recorded(self, record, tag, message, count: int = 1):
+        """Run ``record`` until the broker answers (see the module docstring)."""
         delay, attempts = 0.1, 0
         while True:
             try:
-                return super().append(message, delivery_tag)
+                return record()
             except self.channel.connection_errors as exc:
                 attempts += 1
                 if _terminating():
-                    log.error("broker unreachable at shutdown: message %s (task %s) not recorded; its image has "
-                              "no result, which `vehicle-producer reconcile` finds and sends again",
-                              delivery_tag, _task_id(message))
+                    log.error("broker unreachable at shutdown: %d message(s) from %s (task %s) not recorded; "
+                              "their images have no result, which `vehicle-producer reconcile` finds and sends "
+                              "again", count, tag, _task_id(message))
                     raise
                 if attempts == 1 or attempts % 20 == 0:
-                    log.warning("broker unreachable while recording message %s (task %s), taken off its queue: "
-                                "holding it and retrying (%r)", delivery_tag, _task_id(message), exc)
+                    log.warning("broker unreachable while recording %d message(s) from %s (task %s), taken off "
+                                "their queue: holding them and retrying (%r)", count, tag, _task_id(message), exc)
                 self._wake.wait(delay)
                 delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
-            else:  # pragma: no cover - the return above leaves the loop
-                break
+
+    def append(self, message, delivery_tag):
+        if delivery_tag in self._recorded:  # recorded with the rest of its pop: only the in-memory part
+            self._recorded.discard(delivery_tag)
+            return virtual.QoS.append(self, message, delivery_tag)
+        return self._until_recorded(lambda: super(QoS, self).append(message, delivery_tag), delivery_tag, message)
+
+    def record_many(self, payloads: list[dict]) -> None:
+        """Record the messages of one pop as unacked, in one round trip (ZADD with every tag, HSET with
+        every message), before any is handed on; held until the broker answers."""
+        now, index, messages = time.time(), {}, {}
+        for payload in payloads:
+            properties = payload["properties"]
+            tag, info = properties["delivery_tag"], properties["delivery_info"]
+            index[tag] = now
+            messages[tag] = dumps([payload, info["exchange"], info["routing_key"]])
+
+        def record():
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, index).hset(self.unacked_key, mapping=messages).execute()
+
+        first = _Raw(payloads[0])
+        self._until_recorded(record, first.tag, first, len(payloads))
+        self._recorded.update(index)
 
     @contextlib.contextmanager
     def pipe_or_acquire(self, pipe=None, client=None):
         """kombu's QoS records a delivery (ZADD + HSET) and forgets an ack (ZREM + HDEL) in a MULTI/EXEC
-        pipeline: 4 commands where 2 do, twice per message, 8 of the broker's 22.4 commands per image
-        (14.5 without: docs/scale.md). Here without MULTI/EXEC, still one round trip. What atomicity bought is kept otherwise: a record
-        cut short by a lost connection is sent again whole by :meth:`append` (both commands are
-        idempotent), and Redis applies (and its AOF keeps) a pipeline's commands in order, so the one
-        partial state left by a server dying between two commands is harmless: an index entry without
-        its message (the restore sweep finds nothing to restore and drops it) or, for an ack, a message
-        without its index entry (never restored: it was acked). The restore itself (``restore_by_tag``)
-        passes its own WATCH/MULTI pipeline and keeps its transaction."""
+        pipeline. Here without MULTI/EXEC, still one round trip. What atomicity bought is kept otherwise:
+        a record cut short by a lost connection is sent again whole by :meth:`_until_recorded` (both
+        commands are idempotent), and Redis applies (and its AOF keeps) a pipeline's commands in order,
+        so the one partial state left by a server dying between two commands is harmless: an index entry
+        without its message (the restore sweep finds nothing to restore and drops it) or, for an ack, a
+        message without its index entry (never restored: it was acked). The restore itself
+        (``restore_by_tag``) passes its own WATCH/MULTI pipeline and keeps its transaction."""
         if pipe is not None:
             yield pipe
             return
@@ -99,13 +139,58 @@ class QoS(kombu_redis.QoS):
     def _channel_closed(self) -> bool:
         return bool(getattr(self.channel, "closed", False)) or self._connection_lost()
 
+    def _loop(self):
+        return getattr(getattr(self.channel, "connection", None), "vp_loop", None)
+
     def ack(self, delivery_tag):
         if self._channel_closed():
             log.info("ack of message %s on a channel closed by a lost connection: dropped (closing the "
                      "channel returned the message to its queue; it runs again)", delivery_tag)
             self._quick_ack(delivery_tag)
             return
-        super().ack(delivery_tag)
+        self._forget_later(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if self._channel_closed():
+            log.info("reject of message %s on a channel closed by a lost connection: dropped (the message "
+                     "is back on its queue already)", delivery_tag)
+            self._quick_ack(delivery_tag)
+            return
+        if requeue:
+            super().reject(delivery_tag, requeue=True)
+        else:
+            self._forget_later(delivery_tag)
+
+    def _forget_later(self, delivery_tag) -> None:
+        """The ack frees its prefetch slot at once; its ZREM + HDEL wait for the rest of this turn of the
+        worker's event loop (a batch's acks come in one turn) and go out with the others as one ZREM and
+        one HDEL. Without an event loop (a plain consumer) at once, as kombu does."""
+        loop = self._loop()
+        self._forget.append(delivery_tag)
+        self._quick_ack(delivery_tag)
+        if loop is None or len(self._forget) >= ACK_BATCH_MAX:
+            self.flush_acks()
+        elif not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self.flush_acks)
+
+    def flush_acks(self) -> None:
+        """Remove the records of every pending ack from Redis. A connection error leaves them recorded:
+        they come back after ``broker.visibility_timeout_s`` and run again (the result writes absorb it)."""
+        self._flush_due = False
+        tags, self._forget = self._forget, []
+        if not tags:
+            return
+        if self._channel_closed():
+            log.info("%d ack(s) on a channel closed by a lost connection: dropped (the messages come back and run "
+                     "again)", len(tags))
+            return
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        except self.channel.connection_errors as exc:
+            log.warning("could not forget %d acked message(s) (%r): they come back after the visibility timeout "
+                        "and run again", len(tags), exc)
 
     def restore_unacked_once(self, stderr=None):
         # At exit (a multiprocessing finalizer) or on close: with the connection gone there is nothing to
@@ -114,15 +199,19 @@ class QoS(kombu_redis.QoS):
             log.info("%d unacked message(s) not restored on a channel closed by a lost connection: they stay "
                      "recorded and come back after broker.visibility_timeout_s", len(self._delivered))
             return None
+        tags, self._forget = self._forget, []  # acked before the close: forgotten, not restored
+        if tags:
+            with contextlib.suppress(*self.channel.connection_errors), self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
         return super().restore_unacked_once(stderr)
 
-    def reject(self, delivery_tag, requeue=False):
-        if self._channel_closed():
-            log.info("reject of message %s on a channel closed by a lost connection: dropped (the message "
-                     "is back on its queue already)", delivery_tag)
-            self._quick_ack(delivery_tag)
-            return
-        super().reject(delivery_tag, requeue=requeue)
+
+class _Raw:
+    """A raw payload seen as a message, for :func:`_task_id` and logs."""
+
+    def __init__(self, payload: dict) -> None:
+        self.headers = payload.get("headers")
+        self.tag = payload["properties"]["delivery_tag"]
 
 
 def _task_id(message) -> str | None:
@@ -133,11 +222,126 @@ def _task_id(message) -> str | None:
 
 
 class Channel(kombu_redis.Channel):
+    """kombu's Redis channel taking up to a prefetch's worth of messages per pop (``BLMPOP … COUNT n``,
+    Redis ≥ 7.0; BRPOP where the server lacks it), publishing one LPUSH per queue per batch."""
+
     QoS = QoS
+    _blmpop = True  # until the server says it does not know the command
+    _blmpop_sent = False
+
+    def _pop_count(self) -> int:
+        estimate = self.qos.can_consume_max_estimate()
+        return max(1, min(estimate if estimate is not None else POP_MAX, POP_MAX))
+
+    def _brpop_start(self, timeout=None):
+        self._blmpop_sent = False
+        if not self._blmpop:
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self.global_keyprefix + self._q_for_pri(queue, pri) for pri in self.priority_steps
+                for queue in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self._blmpop_sent = True
+        self.client.connection.send_command("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT",
+                                            "COUNT", self._pop_count())
+
+    def _brpop_read(self, **options):
+        if not self._blmpop_sent:
+            return super()._brpop_read(**options)
+        self._blmpop_sent = False
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next poll reconnects, as kombu does
+                raise
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._blmpop = False
+                log.warning("the Redis broker has no BLMPOP (Redis < 7.0): taking one message per BRPOP (%s)", exc)
+                raise Empty() from exc
+            if not reply:
+                raise Empty()
+            key, items = reply
+            dest = bytes_to_str(key)[len(self.global_keyprefix):].rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            payloads = [loads(bytes_to_str(item)) for item in items]
+            self.qos.record_many(payloads)
+            for payload in payloads:
+                self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def create_publish_batch(self, max_size):
+        return PublishBatch(self, max_size)
+
+
+class PublishBatch(kombu_redis.PublishBatch):
+    """kombu's publish batch (one non-transactional pipeline) whose LPUSHes to one list in a row go out
+    as one LPUSH with every message: ``LPUSH q a b c`` leaves the list as three LPUSHes would (``a``
+    popped first), in one command instead of three."""
+
+    def __init__(self, channel, max_size):
+        super().__init__(channel, max_size)
+        self.pipeline = _CoalescingPipeline(self.pipeline)
+
+
+class _CoalescingPipeline:
+    """A redis-py pipeline whose consecutive ``lpush`` calls to one key become one; every other command
+    keeps its place."""
+
+    def __init__(self, pipeline) -> None:
+        self._pipeline = pipeline
+        self._key, self._values = None, []
+
+    def lpush(self, key, *values):
+        if key != self._key:
+            self._emit()
+            self._key = key
+        self._values.extend(values)
+        return self
+
+    def _emit(self) -> None:
+        if self._values:
+            self._pipeline.lpush(self._key, *self._values)
+        self._key, self._values = None, []
+
+    def execute(self, *args, **kwargs):
+        self._emit()
+        return self._pipeline.execute(*args, **kwargs)
+
+    def reset(self):
+        self._key, self._values = None, []
+        return self._pipeline.reset()
+
+    def __getattr__(self, name):
+        attribute = getattr(self._pipeline, name)
+        if not callable(attribute):
+            return attribute
+
+        def in_order(*args, **kwargs):
+            self._emit()
+            return attribute(*args, **kwargs)
+
+        return in_order
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    #: the worker's event loop, once registered: acks wait for the end of its turn (:meth:`QoS.ack`).
+    vp_loop = None
+
+    def register_with_event_loop(self, connection, loop):
+        self.vp_loop = loop
+        return super().register_with_event_loop(connection, loop)
 
 
 #: The class path of :class:`Transport`.

@@ -51,7 +51,7 @@ def _consume_through_cut(port: int, transport: str | None, client: redis.Redis):
     consumer received, the error it raised, and where the message was while the broker was away."""
     received, errors, seen_during_cut = [], [], {}
     with tcp_proxy(port) as proxy:
-        proxy.cut_after_brpop()
+        proxy.cut_after_pop()
         conn = Connection(f"redis://127.0.0.1:{proxy.port}/0", transport=transport,
                           transport_options={"visibility_timeout": 3600})
         queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), QUEUE)
@@ -87,15 +87,19 @@ def test_kombu_redis_transport_loses_a_message_taken_just_before_the_broker_went
     assert _where(client) == (0, 0)  # ... and the message is nowhere: lost
 
 
-def test_the_project_transport_records_it_once_the_broker_is_back(broker):
+@pytest.mark.parametrize("count", [1, 3])
+def test_the_project_transport_records_it_once_the_broker_is_back(broker, count):
+    # With 3 waiting, the one pop (BLMPOP ... COUNT n) takes them all: all 3 were only in the consumer.
     server, client = broker
-    _publish(server.port, {"image": "img-1152.jpg"})
+    bodies = [{"image": f"img-{1152 + n}.jpg"} for n in range(count)]
+    for body in bodies:
+        _publish(server.port, body)
     received, errors, during, after = _consume_through_cut(server.port, TRANSPORT, client)
-    assert during == (0, 0)  # the same instant: only the consumer holds it
+    assert during == (0, 0)  # the same instant: only the consumer holds them
     assert errors == []
-    assert received == [{"image": "img-1152.jpg"}]
-    assert after == (0, 1)  # recorded: a restart or the visibility timeout restores it
-    assert _where(client) == (1, 0)  # and the consumer closing unacked put it back on its queue
+    assert received == bodies
+    assert after == (0, count)  # recorded: a restart or the visibility timeout restores them
+    assert _where(client) == (count, 0)  # and the consumer closing unacked put them back on their queue
 
 
 def test_transport_for_picks_redis_urls_only():

@@ -1,0 +1,152 @@
+"""What the workers' Redis transport (``workers.broker``) pays the broker per message, counted by
+redis-server itself (``INFO commandstats``), through kombu's event loop as a Celery worker drives it:
+
+* a pop takes up to a prefetch's worth of messages (``BLMPOP … COUNT n``) and records them all as
+  unacked in one round trip (one ZADD, one HSET), in the order they were published;
+* the acks of one turn of the event loop go out as one ZREM and one HDEL;
+* a publish batch's messages to one queue are one LPUSH;
+* a server without BLMPOP (Redis < 7.0) is served one message per BRPOP.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Queue
+from kombu.asynchronous import Hub
+
+from devstack.servers import redis_server as start_redis
+from workers.broker import TRANSPORT
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "batches"
+COUNTED = ("blmpop", "brpop", "zadd", "hset", "zrem", "hdel", "lpush")
+
+
+@pytest.fixture
+def client(redis_server):
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    yield client
+    client.flushall()
+
+
+def _queue() -> Queue:
+    return Queue(QUEUE, Exchange(QUEUE, type="direct"), QUEUE)
+
+
+def _spent(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name: stats[f"cmdstat_{name}"]["calls"] for name in COUNTED if f"cmdstat_{name}" in stats}
+
+
+def _publish(url: str, bodies: list[dict]) -> None:
+    with Connection(url, transport=TRANSPORT) as conn:
+        producer = conn.Producer(serializer="json")
+        producer.declare = [_queue()]
+        _queue()(conn.default_channel).declare()
+        with producer.batch(max_size=len(bodies) + 1):
+            for body in bodies:
+                producer.publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+
+
+class _Loop:
+    """A kombu event loop (``Hub``) consuming one queue with a prefetch limit, as a Celery worker does."""
+
+    def __init__(self, url: str, prefetch: int) -> None:
+        self.hub = Hub()
+        self.conn = Connection(url, transport=TRANSPORT)
+        self.received: list = []
+        self.consumer = Consumer(self.conn, [_queue()], accept=["json"],
+                                 callbacks=[lambda body, message: self.received.append(message)])
+        self.consumer.qos(prefetch_count=prefetch)
+        self.conn.transport.register_with_event_loop(self.conn.connection, self.hub)
+        self.consumer.consume()
+
+    def until(self, done, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            assert time.monotonic() < deadline, f"not done after {timeout_s} s: {len(self.received)} received"
+            self.hub.run_once()
+
+    def turn(self) -> None:
+        """The rest of this turn: what was scheduled with ``call_soon`` runs."""
+        self.hub.run_once()
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.conn.release()
+        self.hub.close()
+
+
+def test_one_pop_one_record_one_ack_round_and_one_lpush_for_a_batch(redis_server, client):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    bodies = [{"n": n} for n in range(20)]
+    client.config_resetstat()
+    _publish(url, bodies)
+    assert _spent(client) == {"lpush": 1} and client.llen(QUEUE) == 20  # 20 messages, one command
+
+    client.config_resetstat()
+    loop = _Loop(url, prefetch=8)
+    try:
+        loop.until(lambda: len(loop.received) >= 8)
+        assert [m.payload for m in loop.received] == bodies[:8]  # first in, first out
+        assert _spent(client) == {"blmpop": 1, "zadd": 1, "hset": 1}  # 8 messages: 3 commands
+        assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8  # all recorded
+        assert client.llen(QUEUE) == 12  # no more than the prefetch taken
+
+        client.config_resetstat()
+        first = list(loop.received)
+        for message in first:
+            message.ack()
+        assert client.hlen("unacked") == 8  # forgotten at the end of the loop's turn ...
+        loop.until(lambda: not any(client.hexists("unacked", m.delivery_tag) for m in first)
+                   and len(loop.received) >= 16)
+        spent = _spent(client)
+        assert spent["zrem"] == 1 and spent["hdel"] == 1  # ... all 8 at once
+        assert [m.payload for m in loop.received] == bodies[:16]
+        assert client.hlen("unacked") == 8  # the next 8, recorded
+    finally:
+        loop.close()
+    assert client.llen(QUEUE) == 12 and client.hlen("unacked") == 0  # the 8 unacked at close went back
+
+
+def test_an_ack_just_before_the_close_is_forgotten_not_restored(redis_server, client):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": n} for n in range(3)])
+    loop = _Loop(url, prefetch=3)
+    try:
+        loop.until(lambda: len(loop.received) == 3)
+        loop.received[0].ack()  # the loop's turn never ends before the close
+    finally:
+        loop.close()
+    assert client.hlen("unacked") == 0
+    assert client.llen(QUEUE) == 2  # the two unacked came back; the acked one did not
+    loop = _Loop(url, prefetch=3)
+    try:
+        loop.until(lambda: len(loop.received) == 2)
+        assert sorted(m.payload["n"] for m in loop.received) == [1, 2]
+    finally:
+        loop.close()
+
+
+def test_a_server_without_blmpop_is_served_by_brpop():
+    with start_redis(extra_args=["--rename-command", "BLMPOP", ""]) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        client = redis.Redis(port=server.port)
+        _publish(url, [{"n": n} for n in range(3)])
+        client.config_resetstat()
+        loop = _Loop(url, prefetch=3)
+        try:
+            loop.until(lambda: len(loop.received) == 3)
+            assert [m.payload for m in loop.received] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert _spent(client)["brpop"] == 3 and "blmpop" not in _spent(client)
+            for message in loop.received:
+                message.ack()
+            loop.until(lambda: client.hlen("unacked") == 0)
+        finally:
+            loop.close()
+        assert client.llen(QUEUE) == 0
