@@ -22,6 +22,15 @@ that dies on every Redis restart is a fault of its own. :class:`QoS` drops an ac
 closed channel instead: the message runs again (one duplicate, absorbed by the idempotent result
 writes). ``tests/workers/test_broker_closed_channel.py`` shows both.
 
+What the broker pays per message is batched (docs/scale.md): a pop takes up to a prefetch's worth of
+messages (``BLMPOP … COUNT n``; BRPOP where the server has no BLMPOP, Redis < 7.0), recorded together
+in one ZADD + one HSET (:meth:`QoS.record_many`, held and retried like one); the acks of one turn of
+the worker's event loop are one ZREM + one HDEL (:meth:`QoS.flush_acks`; acks pending at a close are
+forgotten before the close restores the rest); a publish batch's LPUSHes to one queue are one LPUSH
+(:class:`PublishBatch`). An ack lost to a connection error before its flush leaves the message
+recorded: it runs again after the visibility timeout, which the idempotent result writes absorb.
+``tests/workers/test_broker_batches.py`` counts the commands on a real redis-server.
+
 Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broker URLs (:func:`install`).
 """
 
@@ -82,13 +91,13 @@ class QoS(kombu_redis.QoS):
             except self.channel.connection_errors as exc:
                 attempts += 1
                 if _terminating():
-                    log.error("broker unreachable at shutdown: %d message(s) from %s (task %s) not recorded; "
+                    log.error("broker unreachable at shutdown: %d message(s) (first %s, task %s) not recorded; "
                               "their images have no result, which `vehicle-producer reconcile` finds and sends "
                               "again", count, tag, _task_id(message))
                     raise
                 if attempts == 1 or attempts % 20 == 0:
-                    log.warning("broker unreachable while recording %d message(s) from %s (task %s), taken off "
-                                "their queue: holding them and retrying (%r)", count, tag, _task_id(message), exc)
+                    log.warning("broker unreachable while recording %d message(s) (first %s, task %s), taken "
+                                "off their queue: holding them and retrying (%r)", count, tag, _task_id(message), exc)
                 self._wake.wait(delay)
                 delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
 
