@@ -125,6 +125,10 @@ class QoS(kombu_redis.QoS):
         self._until_recorded(record, first.tag, first, len(payloads))
         self._recorded.update(index)
 
+    def forget_recorded(self, tags) -> None:
+        """Drop what :meth:`record_many` kept in memory for tags that were not appended."""
+        self._recorded.difference_update(tags)
+
     @contextlib.contextmanager
     def pipe_or_acquire(self, pipe=None, client=None):
         """kombu's QoS records a delivery (ZADD + HSET) and forgets an ack (ZREM + HDEL) in a MULTI/EXEC
@@ -238,6 +242,38 @@ class Channel(kombu_redis.Channel):
     _blmpop = True  # until the server says it does not know the command
     _blmpop_sent = False
 
+    def __init__(self, *args, **kwargs):
+        #: queues consumed with ``no_ack`` (a broadcast's replies, read by ``celery inspect`` and Flower):
+        #: their messages are never acked, so they are never recorded as unacked either, as in kombu.
+        self._no_ack_queues: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def basic_consume(self, queue, no_ack=False, *args, **kwargs):
+        (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _deliver_all(self, payloads: list[dict], dest: str) -> None:
+        """Record one pop's messages (unless their queue is consumed without acks), then hand each on.
+        A delivery that raises does not keep the rest of the pop from theirs; the first error is raised
+        after (each is recorded, so none is lost either way)."""
+        tags = []
+        if dest not in self._no_ack_queues:
+            self.qos.record_many(payloads)
+            tags = [payload["properties"]["delivery_tag"] for payload in payloads]
+        error = None
+        try:
+            for payload in payloads:
+                try:
+                    self.connection._deliver(payload, dest)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the rest are delivered
+                    error = error or exc
+        finally:
+            # A delivery's append (synchronous, before its callback) already took its tag; one that went
+            # nowhere (its queue's consumer cancelled meanwhile: kombu requeues it) must not stay here.
+            self.qos.forget_recorded(tags)
+        if error is not None:
+            raise error
+
     def _pop_count(self) -> int:
         estimate = self.qos.can_consume_max_estimate()
         return max(1, min(estimate if estimate is not None else POP_MAX, POP_MAX))
@@ -281,9 +317,7 @@ class Channel(kombu_redis.Channel):
             dest = bytes_to_str(key)[len(self.global_keyprefix):].rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             payloads = [loads(bytes_to_str(item)) for item in items]
-            self.qos.record_many(payloads)
-            for payload in payloads:
-                self.connection._deliver(payload, dest)
+            self._deliver_all(payloads, dest)
             return True
         finally:
             self._in_poll = None

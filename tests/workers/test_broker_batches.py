@@ -5,7 +5,9 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
   unacked in one round trip (one ZADD, one HSET), in the order they were published;
 * the acks of one turn of the event loop go out as one ZREM and one HDEL;
 * a publish batch's messages to one queue are one LPUSH;
-* a server without BLMPOP (Redis < 7.0) is served one message per BRPOP.
+* a server without BLMPOP (Redis < 7.0) is served one message per BRPOP;
+* a queue consumed without acks (a broadcast's replies: ``celery inspect``, Flower) is never recorded
+  as unacked, since nothing would ever forget it.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ def _publish(url: str, bodies: list[dict]) -> None:
 class _Loop:
     """A kombu event loop (``Hub``) consuming one queue with a prefetch limit, as a Celery worker does."""
 
-    def __init__(self, url: str, prefetch: int) -> None:
+    def __init__(self, url: str, prefetch: int, no_ack: bool = False, queues: list[Queue] | None = None) -> None:
         self.hub = Hub()
         self.conn = Connection(url, transport=TRANSPORT)
         self.received: list = []
-        self.consumer = Consumer(self.conn, [_queue()], accept=["json"],
+        self.consumer = Consumer(self.conn, queues or [_queue()], accept=["json"], no_ack=no_ack,
                                  callbacks=[lambda body, message: self.received.append(message)])
         self.consumer.qos(prefetch_count=prefetch)
         self.conn.transport.register_with_event_loop(self.conn.connection, self.hub)
@@ -150,3 +152,33 @@ def test_a_server_without_blmpop_is_served_by_brpop():
         finally:
             loop.close()
         assert client.llen(QUEUE) == 0
+
+
+def test_a_queue_consumed_without_acks_is_never_recorded_as_unacked(redis_server, client):
+    """A broadcast's replies (``celery inspect``, Flower every few seconds) are consumed with ``no_ack``:
+    recorded as unacked they would stay there until the visibility timeout pushed them back onto a reply
+    queue nobody reads, a few more every poll."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": n} for n in range(5)])
+    client.config_resetstat()
+    loop = _Loop(url, prefetch=0, no_ack=True)
+    try:
+        loop.until(lambda: len(loop.received) == 5)
+        loop.turn()
+        assert [m.payload["n"] for m in loop.received] == [0, 1, 2, 3, 4]
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+        assert "zadd" not in _spent(client) and "hset" not in _spent(client) and client.llen(QUEUE) == 0
+        assert not loop.conn.default_channel.qos._recorded  # nothing held in memory for them either
+    finally:
+        loop.close()
+
+    # The same queue consumed again with acks is recorded again (the channel forgets the earlier no_ack).
+    _publish(url, [{"n": 5}])
+    loop = _Loop(url, prefetch=4)
+    try:
+        loop.until(lambda: len(loop.received) == 1)
+        assert client.hlen("unacked") == 1
+        loop.received[0].ack()
+        loop.until(lambda: client.hlen("unacked") == 0)
+    finally:
+        loop.close()
