@@ -77,6 +77,10 @@ def sender_app(broker: BrokerSettings) -> Celery:
         from workers import broker_sqs
 
         broker_sqs.install()
+    else:  # the workers' Redis transport: a publish batch's LPUSHes to one queue are one LPUSH
+        from workers import broker as redis_transport
+
+        redis_transport.install()
     return app
 
 

@@ -74,7 +74,7 @@ def _producer(url: str, images: int, rate: float, batch: int, sent) -> None:
                 sent.value += n
 
 
-def _consumer(url: str, stage: str, done, stop) -> None:
+def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_BYTES) -> None:
     """One stage's broker work per image, with the workers' transport and crash ledger (module docstring)."""
     import redis
     from kombu import Connection, Consumer, Exchange, Queue
@@ -90,7 +90,7 @@ def _consumer(url: str, stage: str, done, stop) -> None:
     ledger = CrashLedger(redis.Redis.from_url(url), max_deliveries=settings.worker.max_deliveries, ttl_s=600)
     next_queue = Queue(settings.broker.classify_queue, Exchange(settings.broker.classify_queue, type="direct"),
                        settings.broker.classify_queue)
-    crop_set = {"crops": "x" * CROP_SET_BYTES}
+    crop_set = {"crops": "x" * crop_set_bytes}
     hub, held = Hub(), []
     conn = Connection(url, transport=TRANSPORT)
     producer = conn.Producer(serializer="json")
@@ -156,13 +156,14 @@ def _reads(url: str) -> int:
     return int(redis.Redis.from_url(url).info("stats")["total_reads_processed"])
 
 
-def _window(url: str, images: int, rate: float, batch: int, timeout_s: float) -> dict[str, Any]:
+def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
+            crop_set_bytes: int = CROP_SET_BYTES) -> dict[str, Any]:
     """One rate: consumers up, the idle stack measured, ``images`` enqueued at ``rate``; the figures."""
     ctx = mp.get_context("spawn")
     sent, detected, classified = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
     stop = ctx.Event()
-    consumers = [ctx.Process(target=_consumer, args=(url, "detect", detected, stop), daemon=True),
-                 ctx.Process(target=_consumer, args=(url, "classify", classified, stop), daemon=True)]
+    consumers = [ctx.Process(target=_consumer, args=(url, "detect", detected, stop, crop_set_bytes), daemon=True),
+                 ctx.Process(target=_consumer, args=(url, "classify", classified, stop, crop_set_bytes), daemon=True)]
     for proc in consumers:
         proc.start()
     try:
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=2000, help="images per window (default 2000; fewer at low rates: "
                    "at most 30 s of images)")
     p.add_argument("--producer-batch", type=int, default=10, help="images per enqueue call (default 10: an SQS receive)")
+    p.add_argument("--crop-set-bytes", type=int, default=CROP_SET_BYTES,
+                   help=f"bytes of crops in each classify message (default {CROP_SET_BYTES:,}: three crops)")
     p.add_argument("--broker-url", help="attach to this Redis (a scratch one: it is written to) instead of starting one")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per window at most")
     p.add_argument("--json", help="write every figure to this JSON file")
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             redis.Redis.from_url(url).flushall()
             images = args.images if rate <= 0 else max(args.producer_batch, min(args.images, int(rate * 30)))
-            result["windows"].append(_window(url, images, rate, args.producer_batch, args.timeout))
+            result["windows"].append(_window(url, images, rate, args.producer_batch, args.timeout, args.crop_set_bytes))
     print(f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}")
     header = ["rate asked (img/s)", "images/s", "redis commands per image", "redis round trips per image",

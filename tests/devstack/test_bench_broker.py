@@ -47,6 +47,6 @@ def test_bench_broker_reports_what_each_image_costs_the_broker_at_each_rate(tmp_
         # by batched pops, recorded and forgotten in batches, and handed on: the workers' commands.
         assert by["set"] == pytest.approx(2.0, abs=0.01), by
         assert 0 < by["blmpop"] <= 2.0 and 0 < by["zadd"] <= 2.0 and 0 < by["zrem"] <= 2.0, by
-        assert by["lpush"] >= 1.0, by  # the hand-on (one per image) and the producer's enqueue (batched)
+        assert 0 < by["lpush"] <= 1.1, by  # hand-on and enqueue, one LPUSH per batch of images
         assert window["round_trips_per_image"] > 0 and window["redis"]["cpu_us"] > 0
         assert "smembers" not in by  # published straight to the queue, as the workers' routes do

@@ -4,7 +4,8 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
 * a pop takes up to a prefetch's worth of messages (``BLMPOP … COUNT n``) and records them all as
   unacked in one round trip (one ZADD, one HSET), in the order they were published;
 * the acks of one turn of the event loop go out as one ZREM and one HDEL;
-* a publish batch's messages to one queue are one LPUSH;
+* a publish batch's messages to one queue are one LPUSH, the producer's and the backfill's
+  (``workers.messages.enqueue_images``) too;
 * a server without BLMPOP (Redis < 7.0) is served one message per BRPOP;
 * a queue consumed without acks (a broadcast's replies: ``celery inspect``, Flower) is never recorded
   as unacked, since nothing would ever forget it.
@@ -12,6 +13,7 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -182,3 +184,23 @@ def test_a_queue_consumed_without_acks_is_never_recorded_as_unacked(redis_server
         loop.until(lambda: client.hlen("unacked") == 0)
     finally:
         loop.close()
+
+
+def test_the_producer_enqueues_a_batch_of_images_in_one_lpush(redis_server, client):
+    """The listener and the backfill send through ``sender_app``: a batch of images is one LPUSH too."""
+    import dataclasses
+
+    from vehicle_core.config import load_settings
+    from vehicle_core.results.contract import SourceRef
+    from workers.messages import enqueue_images, sender_app
+
+    settings = load_settings(env={})
+    broker = dataclasses.replace(settings.broker, url=f"redis://127.0.0.1:{redis_server.port}/0")
+    app = sender_app(broker)
+    sources = [SourceRef("bucket", f"in/{n}.jpg") for n in range(10)]
+    client.config_resetstat()
+    ids = enqueue_images(app, sources)
+    assert _spent(client) == {"lpush": 1}
+    assert client.llen(broker.detect_queue) == 10 and len(set(ids)) == 10
+    first = json.loads(client.lindex(broker.detect_queue, -1))  # popped first: the first image
+    assert first["headers"]["id"] == ids[0]
