@@ -36,6 +36,7 @@ Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broke
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import threading
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 RECORD_BACKOFF_MAX_S = 5.0
 #: Most messages one pop takes (fewer when the prefetch allows fewer).
 POP_MAX = 100
+
 #: Most acks held for one ZREM + HDEL before they go out without waiting for the end of the loop's turn.
 ACK_BATCH_MAX = 500
 
@@ -227,6 +229,15 @@ class _Raw:
         self.tag = payload["properties"]["delivery_tag"]
 
 
+def envelope_body(envelope: dict) -> bytes:
+    """The task body inside a kombu Redis envelope (a queue's or the unacked hash's JSON), decoded as
+    its ``properties.body_encoding`` says (base64 from kombu's own senders, none from these)."""
+    body = envelope["body"]
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        return base64.b64decode(body)
+    return body.encode() if isinstance(body, str) else body
+
+
 def _task_id(message) -> str | None:
     try:
         return (message.headers or {}).get("id")
@@ -273,6 +284,16 @@ class Channel(kombu_redis.Channel):
             self.qos.forget_recorded(tags)
         if error is not None:
             raise error
+
+    def encode_body(self, body, encoding=None):
+        """A text body (Celery's JSON: every task message here) travels as it is, not base64-encoded:
+        kombu's default ``body_encoding`` makes every message 4/3 its size, and a CropSet's crops are
+        base64 already. Each message says its own encoding (``properties.body_encoding``, now absent),
+        so stock kombu consumers read these, and these consumers read base64 ones from older senders.
+        A bytes body (a binary serializer) keeps kombu's base64."""
+        if isinstance(body, str) and encoding == "base64":
+            return body, None
+        return super().encode_body(body, encoding)
 
     def _pop_count(self) -> int:
         estimate = self.qos.can_consume_max_estimate()

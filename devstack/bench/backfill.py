@@ -118,9 +118,9 @@ def _vm_hwm_mib(pid: int) -> float | None:
 def _queued_keys(client) -> Counter:
     counts: Counter = Counter()
     for raw in client.lrange(QUEUE, 0, -1):
-        import base64
+        from workers.broker import envelope_body
 
-        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        body = json.loads(envelope_body(json.loads(raw)))
         counts[body[0][0]["key"]] += 1
     return counts
 

@@ -3,9 +3,10 @@ and waiting for result documents in S3."""
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
+
+from workers.broker import envelope_body
 
 
 def free_port() -> int:
@@ -28,10 +29,7 @@ def queued_tasks(redis_client, queue: str) -> list[tuple[str, list, list[str]]]:
     out = []
     for raw in reversed(redis_client.lrange(queue, 0, -1)):  # kombu LPUSHes, workers BRPOP
         envelope = json.loads(raw)
-        body = envelope["body"]
-        if envelope.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, _kwargs, embed = json.loads(body)
+        args, _kwargs, embed = json.loads(envelope_body(envelope))
         chained = [step["task"] for step in (embed.get("chain") or [])]
         out.append((envelope["headers"]["task"], args, chained))
     return out

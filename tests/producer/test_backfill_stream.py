@@ -3,7 +3,6 @@ checkpoint/resume after SIGKILL, the queue depth (real redis-server, moto over H
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from tests.integration.stack import queued_tasks, redis_url
 from tests.producer.test_backfill import _put_many, _write_result
 from vehicle_core.results.contract import SourceRef
 from vehicle_core.storage import ObjectStore
+from workers.broker import envelope_body
 from workers.messages import CLASSIFY_TASK, DETECT_TASK, enqueue_image, enqueue_images, sender_app
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_a_batched_message_is_the_message_a_worker_consumes(detect):
 
 def _masked(envelope: dict) -> dict:
     """A kombu Redis envelope with its per-message values (ids, tags, the image) replaced by names."""
-    body = json.loads(base64.b64decode(envelope["body"]))
+    body = json.loads(envelope_body(envelope))
     task_id = envelope["headers"]["id"]
     text = json.dumps({**envelope, "body": body})
     for value, name in [(task_id, "ID"), (body[2]["chain"][0]["options"]["task_id"], "CLASSIFY_ID"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from types import SimpleNamespace
 
@@ -14,6 +13,7 @@ from vehicle_core.config import ResultSettings, load_settings
 from vehicle_core.errors import StorageUnavailableError, UndecodableImageError
 from vehicle_core.results.contract import SourceRef
 from workers.batching import retry_later
+from workers.broker import envelope_body
 from workers.messages import CLASSIFY_TASK, sender_app
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def _sent(client) -> list[tuple[dict, str | None]]:
     out = []
     for raw in client.lrange("classify-retry-test", 0, -1):
         envelope = json.loads(raw)
-        _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        _args, kwargs, _embed = json.loads(envelope_body(envelope))
         out.append((kwargs, envelope["headers"].get("eta")))
     return out
 

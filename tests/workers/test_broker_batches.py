@@ -7,6 +7,8 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
 * a publish batch's messages to one queue are one LPUSH, the producer's and the backfill's
   (``workers.messages.enqueue_images``) too;
 * a server without BLMPOP (Redis < 7.0) is served one message per BRPOP;
+* a text body travels as it is (kombu's default base64 made each message 4/3 its size), readable by
+  stock kombu consumers, and base64 bodies from stock senders stay readable;
 * a queue consumed without acks (a broadcast's replies: ``celery inspect``, Flower) is never recorded
   as unacked, since nothing would ever forget it.
 """
@@ -100,6 +102,9 @@ def test_one_pop_one_record_one_ack_round_and_one_lpush_for_a_batch(redis_server
         assert [m.payload for m in loop.received] == bodies[:8]  # first in, first out
         assert _spent(client) == {"blmpop": 1, "zadd": 1, "hset": 1}  # 8 messages: 3 commands
         assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8  # all recorded
+        # each record is what kombu's own append writes: [message, exchange, routing key]
+        for message in loop.received:
+            assert json.loads(client.hget("unacked", message.delivery_tag)) == [message._raw, QUEUE, QUEUE]
         assert client.llen(QUEUE) == 12  # no more than the prefetch taken
 
         client.config_resetstat()
@@ -204,3 +209,38 @@ def test_the_producer_enqueues_a_batch_of_images_in_one_lpush(redis_server, clie
     assert client.llen(broker.detect_queue) == 10 and len(set(ids)) == 10
     first = json.loads(client.lindex(broker.detect_queue, -1))  # popped first: the first image
     assert first["headers"]["id"] == ids[0]
+
+
+STOCK = "kombu.transport.redis:Transport"
+
+
+def _send(url: str, transport: str, payload: dict) -> None:
+    with Connection(url, transport=transport) as conn:
+        _queue()(conn.default_channel).declare()
+        conn.Producer(serializer="json").publish(payload, exchange=_queue().exchange, routing_key=QUEUE)
+
+
+def _take(url: str, transport: str) -> dict:
+    with Connection(url, transport=transport) as conn:
+        message = _queue()(conn.default_channel).get(no_ack=True)
+        assert message is not None
+        return message.decode()
+
+
+def test_a_text_body_travels_as_it_is_and_either_encoding_is_read_by_either_side(redis_server, client):
+    from workers.broker import envelope_body
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    crops = {"crops": ["A" * 10_000], "key": 'in/"quoted" ü.jpg'}
+    _send(url, TRANSPORT, crops)
+    raw = client.lindex(QUEUE, 0)
+    envelope = json.loads(raw)
+    assert "body_encoding" not in envelope["properties"] or envelope["properties"]["body_encoding"] is None
+    assert json.loads(envelope_body(envelope)) == crops
+    assert len(raw) < 10_000 * 1.1  # base64 would have made it over 13,300 bytes
+    assert _take(url, STOCK) == crops  # a stock kombu consumer (an older worker) reads it
+
+    _send(url, STOCK, crops)  # an older sender: base64
+    envelope = json.loads(client.lindex(QUEUE, 0))
+    assert envelope["properties"]["body_encoding"] == "base64" and json.loads(envelope_body(envelope)) == crops
+    assert _take(url, TRANSPORT) == crops
