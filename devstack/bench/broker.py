@@ -150,12 +150,6 @@ def _broker(args: argparse.Namespace) -> Iterator[str]:
         yield server.url
 
 
-def _reads(url: str) -> int:
-    import redis
-
-    return int(redis.Redis.from_url(url).info("stats")["total_reads_processed"])
-
-
 def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
             crop_set_bytes: int = CROP_SET_BYTES) -> dict[str, Any]:
     """One rate: consumers up, the idle stack measured, ``images`` enqueued at ``rate``; the figures."""
@@ -168,14 +162,12 @@ def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
         proc.start()
     try:
         time.sleep(3.0)  # consumers connected and polling: the idle stack this window leaves out
-        idle_start, idle_reads, t0 = figs.redis_stats(url), _reads(url), time.monotonic()
+        idle_start, t0 = figs.redis_stats(url), time.monotonic()
         time.sleep(2.0)
-        idle_end, idle_reads_end, t1 = figs.redis_stats(url), _reads(url), time.monotonic()
-        idle = figs.redis_rate(idle_start, idle_end, t1 - t0)
-        idle_reads_per_s = (idle_reads_end - idle_reads) / (t1 - t0)
+        idle = figs.redis_rate(idle_start, figs.redis_stats(url), time.monotonic() - t0)
 
         producer = ctx.Process(target=_producer, args=(url, images, rate, batch, sent), daemon=True)
-        start, reads0, w0 = figs.redis_stats(url), _reads(url), time.monotonic()
+        start, w0 = figs.redis_stats(url), time.monotonic()
         producer.start()
         deadline = w0 + timeout_s
         while classified.value < images:
@@ -184,7 +176,7 @@ def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
                                    f"{time.monotonic() - w0:.0f} s (consumers alive: {[p.is_alive() for p in consumers]})")
             time.sleep(0.05)  # the bench's own progress poll; shared memory, no Redis command
         w1 = time.monotonic()
-        end, reads1 = figs.redis_stats(url), _reads(url)
+        end = figs.redis_stats(url)
         producer.join(10)
     finally:
         stop.set()
@@ -194,9 +186,8 @@ def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
                 proc.kill()
     seconds = w1 - w0
     per = figs.redis_per_image(start, end, images, idle=idle, seconds=seconds)
-    reads = max(0.0, (reads1 - reads0) - idle_reads_per_s * seconds) / images
     return {"rate": rate, "images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "redis": per, "round_trips_per_image": reads,
+            "redis": per, "round_trips_per_image": per["round_trips"],
             "redis_core_share": (end["cpu_s"] - start["cpu_s"]) / seconds}
 
 

@@ -78,8 +78,10 @@ OWN_REDIS_COMMANDS = ("info",)
 
 
 def redis_stats(url: str) -> dict[str, Any] | None:
-    """redis-server's own counters: ``{"cpu_s": used_cpu_sys + used_cpu_user, "commands": {name:
-    {"calls", "usec"}}}`` from ``INFO cpu`` and ``INFO commandstats``; None when it cannot be read."""
+    """redis-server's own counters: ``{"cpu_s": used_cpu_sys + used_cpu_user, "reads": total_reads_processed,
+    "commands": {name: {"calls", "usec"}}}`` from ``INFO cpu``, ``INFO stats`` and ``INFO commandstats``
+    (``reads``: the read events of client connections, a round trip each, more for a request over 16 KB);
+    None when it cannot be read."""
     try:
         import redis
 
@@ -88,9 +90,11 @@ def redis_stats(url: str) -> dict[str, Any] | None:
             client = _REDIS_CLIENTS[url] = redis.Redis.from_url(url)
         commands = client.info("commandstats")
         cpu = client.info("cpu")
+        stats = client.info("stats")
     except Exception:  # noqa: BLE001 - a figure we cannot read is reported as n/a
         return None
     return {"cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+            "reads": int(stats.get("total_reads_processed", 0)),
             "commands": {name.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec": int(v["usec"])}
                          for name, v in commands.items() if isinstance(v, dict)}}
 
@@ -115,7 +119,14 @@ def redis_rate(start: dict[str, Any] | None, end: dict[str, Any] | None, seconds
         return None
     calls, usec, cpu_s = _deltas(start, end)
     return {"seconds": seconds, "by_command": {k: v / seconds for k, v in calls.items()},
-            "commands": sum(calls.values()) / seconds, "command_usec": usec / seconds, "cpu_us": cpu_s * 1e6 / seconds}
+            "commands": sum(calls.values()) / seconds, "command_usec": usec / seconds, "cpu_us": cpu_s * 1e6 / seconds,
+            "round_trips": _reads(start, end) / seconds}
+
+
+def _reads(start: dict[str, Any], end: dict[str, Any]) -> float:
+    """Read events between two :func:`redis_stats` (0 where a server does not count them); the bench's
+    own INFO calls are among them (three per snapshot: a handful per window, left in)."""
+    return max(0, end.get("reads", 0) - start.get("reads", 0))
 
 
 def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n: int, *,
@@ -131,14 +142,18 @@ def redis_per_image(start: dict[str, Any] | None, end: dict[str, Any] | None, n:
         return None
     n = max(1, n)
     calls, usec, cpu_s = _deltas(start, end)
-    raw = {"commands": sum(calls.values()) / n, "command_usec": usec / n, "cpu_us": cpu_s * 1e6 / n}
+    reads = _reads(start, end)
+    raw = {"commands": sum(calls.values()) / n, "command_usec": usec / n, "cpu_us": cpu_s * 1e6 / n,
+           "round_trips": reads / n}
     if idle and seconds > 0:
         calls = {k: max(0.0, v - idle["by_command"].get(k, 0.0) * seconds) for k, v in calls.items()}
         usec = max(0.0, usec - idle["command_usec"] * seconds)
         cpu_s = max(0.0, cpu_s - idle["cpu_us"] * seconds / 1e6)
+        reads = max(0.0, reads - idle.get("round_trips", 0.0) * seconds)
     per = {k: v / n for k, v in calls.items() if v > 0}
     cpu_us = cpu_s * 1e6 / n
     return {"commands": sum(per.values()), "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+            "round_trips": reads / n,
             "command_usec": usec / n, "cpu_us": cpu_us, "ceiling_images_per_s": 1e6 / cpu_us if cpu_us > 0 else None,
             "raw": raw, "idle_per_s": idle, "window_s": seconds}
 
@@ -250,6 +265,8 @@ def table_lines(fig: dict[str, Any]) -> list[str]:
         rows.append(("redis commands per image", f"{red['commands']:.1f} ({basis}; {raw['commands']:.1f} with it)"))
         rows.append(("redis commands per image, by command", ", ".join(
             f"{name} {v:.2f}" for name, v in list(red["by_command"].items())[:14])))
+        rows.append(("redis round trips per image", f"{red['round_trips']:.2f} (INFO stats total_reads_processed; "
+                                                    f"{basis}; {raw.get('round_trips', 0):.2f} with it)"))
         rows.append(("redis command-µs per image (INFO commandstats)", f"{red['command_usec']:.0f}"))
         rows.append(("redis CPU-µs per image", f"{red['cpu_us']:.0f} (INFO cpu, used_cpu_sys + used_cpu_user; "
                                                f"{basis}; {raw['cpu_us']:.0f} with it)"))

@@ -53,7 +53,7 @@ def test_bench_pipeline_prints_its_table_and_efficiency(classifier_artifact, tmp
 
 
 #: The rows of the cost table (issue 21) a script reads by name; each value starts with a number.
-COST_ROWS = ("overhead ratio", "redis commands per image", "redis CPU-µs per image",
+COST_ROWS = ("overhead ratio", "redis commands per image", "redis round trips per image", "redis CPU-µs per image",
              "broker ceiling (images/s per Redis core)", "S3 requests per image")
 
 
@@ -104,6 +104,11 @@ def test_redis_figures_per_image_are_deltas_of_the_servers_counters_without_the_
     assert marginal["cpu_us"] == pytest.approx(300.0) and marginal["ceiling_images_per_s"] == pytest.approx(1e6 / 300)
     assert marginal["raw"]["cpu_us"] == pytest.approx(400.0) and marginal["raw"]["commands"] == 4.0
     assert redis_per_image(start, end, 10, idle=idle, seconds=100.0)["cpu_us"] == 0.0
+    # Round trips: the server's read events (0 where a snapshot has none), the idle stack's left out likewise.
+    assert marginal["round_trips"] == 0.0
+    reads = redis_per_image({**start, "reads": 100}, {**end, "reads": 140}, 10,
+                            idle={**idle, "round_trips": 5.0}, seconds=2.0)
+    assert reads["round_trips"] == pytest.approx(3.0) and reads["raw"]["round_trips"] == pytest.approx(4.0)
 
 
 def test_the_overhead_ratio_sums_the_worker_rows_only():
