@@ -179,7 +179,10 @@ class QoS(kombu_redis.QoS):
     def _forget_later(self, delivery_tag) -> None:
         """The ack frees its prefetch slot at once; its ZREM + HDEL wait for the rest of this turn of the
         worker's event loop (a batch's acks come in one turn) and go out with the others as one ZREM and
-        one HDEL. Without an event loop (a plain consumer) at once, as kombu does."""
+        one HDEL: ahead of the next pop, in its write, when the freed prefetch starts one at the next
+        turn's poll (:meth:`take_pending_acks`), else on their own at the turn after (kombu's hub runs
+        ``call_soon`` callbacks before it starts the pops, so the flush is scheduled twice over). Without
+        an event loop (a plain consumer) at once, as kombu does."""
         loop = self._loop()
         self._forget.append(delivery_tag)
         self._quick_ack(delivery_tag)
@@ -187,7 +190,19 @@ class QoS(kombu_redis.QoS):
             self.flush_acks()
         elif not self._flush_due:
             self._flush_due = True
-            loop.call_soon(self.flush_acks)
+            loop.call_soon(loop.call_soon, self.flush_acks)
+
+    def take_pending_acks(self) -> list[str]:
+        """The acks whose records are not yet removed, handed to the channel's next pop, which sends their
+        ZREM + HDEL ahead of its BLMPOP in one write (:meth:`Channel._brpop_start`): no round trip of their own."""
+        if self._channel_closed():
+            return []
+        tags, self._forget = self._forget, []
+        return tags
+
+    def give_back_acks(self, tags: list[str]) -> None:
+        """Acks a pop could not send (its connection failed first): the next flush or pop sends them."""
+        self._forget[:0] = tags
 
     def flush_acks(self) -> None:
         """Remove the records of every pending ack from Redis. A connection error leaves them recorded:
@@ -252,6 +267,7 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _blmpop = True  # until the server says it does not know the command
     _blmpop_sent = False
+    _acks_sent: list[str] = []  # acks sent ahead of the pending BLMPOP (their replies come first)
 
     def __init__(self, *args, **kwargs):
         #: queues consumed with ``no_ack`` (a broadcast's replies, read by ``celery inspect`` and Flower):
@@ -310,18 +326,37 @@ class Channel(kombu_redis.Channel):
             return
         keys = [self.global_keyprefix + self._q_for_pri(queue, pri) for pri in self.priority_steps
                 for queue in queues]
-        self._in_poll = self.client.connection
+        connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
+        pop = ("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", self._pop_count())
+        # The acks of the batch that freed the prefetch for this pop go ahead of it, in the same write.
+        acks = self._acks_sent = self.qos.take_pending_acks()
+        try:
+            if acks:
+                prefix = self.global_keyprefix
+                connection.send_packed_command(connection.pack_commands([
+                    ("ZREM", prefix + self.unacked_index_key, *acks), ("HDEL", prefix + self.unacked_key, *acks), pop]))
+            else:
+                connection.send_command(*pop)
+        except BaseException:
+            self._acks_sent = []
+            self.qos.give_back_acks(acks)
+            raise
         self._blmpop_sent = True
-        self.client.connection.send_command("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT",
-                                            "COUNT", self._pop_count())
 
     def _brpop_read(self, **options):
         if not self._blmpop_sent:
             return super()._brpop_read(**options)
         self._blmpop_sent = False
+        acks, self._acks_sent = self._acks_sent, []
         try:
             try:
+                for command in ("ZREM", "HDEL") if acks else ():
+                    try:
+                        self.client.parse_response(self.client.connection, command, **options)
+                    except redis.ResponseError as exc:  # the pop's reply still follows: read it
+                        log.warning("could not forget %d acked message(s) (%r): they come back after the "
+                                    "visibility timeout and run again", len(acks), exc)
                 reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next poll reconnects, as kombu does

@@ -3,7 +3,8 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
 
 * a pop takes up to a prefetch's worth of messages (``BLMPOP … COUNT n``) and records them all as
   unacked in one round trip (one ZADD, one HSET), in the order they were published;
-* the acks of one turn of the event loop go out as one ZREM and one HDEL;
+* the acks of one turn of the event loop go out as one ZREM and one HDEL, ahead of the next pop in the
+  same write when they freed the prefetch for it (no round trip of their own);
 * a publish batch's messages to one queue are one LPUSH, the producer's and the backfill's
   (``workers.messages.enqueue_images``) too;
 * a server without BLMPOP (Redis < 7.0) is served one message per BRPOP;
@@ -244,3 +245,29 @@ def test_a_text_body_travels_as_it_is_and_either_encoding_is_read_by_either_side
     envelope = json.loads(client.lindex(QUEUE, 0))
     assert envelope["properties"]["body_encoding"] == "base64" and json.loads(envelope_body(envelope)) == crops
     assert _take(url, TRANSPORT) == crops
+
+
+def test_the_acks_that_free_the_prefetch_ride_ahead_of_the_next_pop(redis_server, client):
+    """The batch's acks free the prefetch; the next pop's write carries their ZREM + HDEL before its
+    BLMPOP, on the same connection, in that order (MONITOR shows every command with its client)."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": n} for n in range(8)])
+    loop = _Loop(url, prefetch=4)
+    seen: list[tuple[str, str]] = []
+    try:
+        loop.until(lambda: len(loop.received) == 4)
+        with client.monitor() as monitor:
+            first = list(loop.received)
+            for message in first:
+                message.ack()
+            loop.until(lambda: len(loop.received) == 8)
+            while len(seen) < 3 or seen[-1][1].split()[0].upper() != "BLMPOP":
+                item = monitor.next_command()
+                if item["command"].split()[0].upper() in ("ZREM", "HDEL", "BLMPOP"):
+                    seen.append((item["client_address"] + ":" + str(item["client_port"]), item["command"]))
+        assert [command.split()[0].upper() for _, command in seen[:3]] == ["ZREM", "HDEL", "BLMPOP"], seen
+        assert len({addr for addr, _ in seen[:3]}) == 1, seen  # one connection: the pop's
+        assert all(m.delivery_tag in seen[0][1] for m in first)  # the four acks, in one ZREM
+        assert not any(client.hexists("unacked", m.delivery_tag) for m in first)
+    finally:
+        loop.close()
