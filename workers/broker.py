@@ -24,11 +24,14 @@ writes). ``tests/workers/test_broker_closed_channel.py`` shows both.
 
 What the broker pays per message is batched (docs/scale.md): a pop takes up to a prefetch's worth of
 messages (``BLMPOP … COUNT n``; BRPOP where the server has no BLMPOP, Redis < 7.0), recorded together
-in one ZADD + one HSET (:meth:`QoS.record_many`, held and retried like one); the acks of one turn of
-the worker's event loop are one ZREM + one HDEL (:meth:`QoS.flush_acks`; acks pending at a close are
-forgotten before the close restores the rest); a publish batch's LPUSHes to one queue are one LPUSH
-(:class:`PublishBatch`). An ack lost to a connection error before its flush leaves the message
-recorded: it runs again after the visibility timeout, which the idempotent result writes absorb.
+in one ZADD + one HSET (:meth:`QoS.record_many`, held and retried like one; never for a queue consumed
+without acks, such as a broadcast's replies); the acks of one turn of the worker's event loop are one
+ZREM + one HDEL, sent ahead of the next pop in its write when they freed the prefetch for it, else on
+their own (:meth:`QoS.flush_acks`; acks pending at a close are forgotten before the close restores the
+rest); a publish batch's LPUSHes to one queue are one LPUSH (:class:`PublishBatch`; the producer's and
+the backfill's too); a text body travels without kombu's base64 (:meth:`Channel.encode_body`). An ack
+lost to a connection error before it reached Redis leaves the message recorded: it runs again after
+the visibility timeout, which the idempotent result writes absorb.
 ``tests/workers/test_broker_batches.py`` counts the commands on a real redis-server.
 
 Installed by ``workers.app.create_app`` for ``redis://`` and ``rediss://`` broker URLs (:func:`install`).
@@ -58,7 +61,6 @@ log = logging.getLogger(__name__)
 RECORD_BACKOFF_MAX_S = 5.0
 #: Most messages one pop takes (fewer when the prefetch allows fewer).
 POP_MAX = 100
-
 #: Most acks held for one ZREM + HDEL before they go out without waiting for the end of the loop's turn.
 ACK_BATCH_MAX = 500
 
