@@ -1,14 +1,10 @@
 """``python -m devstack.bench broker``: the workers' broker code alone, on a throwaway redis-server, at two rates."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from devstack.servers import redis_server_binary
-from tests.conftest import skip_or_fail
+from tests.devstack.bench_run import run_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -17,15 +13,8 @@ HEADER = ["rate asked (img/s)", "images/s", "redis commands per image", "redis r
 
 
 def test_bench_broker_reports_what_each_image_costs_the_broker_at_each_rate(tmp_path):
-    try:
-        redis_server_binary()
-    except RuntimeError as exc:
-        skip_or_fail(str(exc))
-    argv = [sys.executable, "-m", "devstack.bench", "broker", "--rates", "50,max", "--images", "400",
-            "--json", str(tmp_path / "broker.json"), "--timeout", "240"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    done = run_bench(["devstack.bench", "broker", "--rates", "50,max", "--images", "400",
+                      "--json", str(tmp_path / "broker.json"), "--timeout", "240"], timeout=600)
 
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| rate asked"))

@@ -1,7 +1,6 @@
 """Smoke test of ``python -m devstack.bench pipeline``: the whole stack on loopback, 8 small images."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -9,23 +8,15 @@ import sys
 import pytest
 
 from devstack.bench.figures import overhead_ratio, parse_table, redis_per_image, redis_rate
-from devstack.servers import redis_server_binary
-from tests.conftest import skip_or_fail
+from tests.devstack.bench_run import run_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_bench_pipeline_prints_its_table_and_efficiency(classifier_artifact, tmp_path):
-    try:
-        redis_server_binary()
-    except RuntimeError as exc:
-        skip_or_fail(str(exc))
-    argv = [sys.executable, "-m", "devstack.bench.pipeline", "pipeline", "--images", "8", "--size", "320x240",
-            "--classifier", str(classifier_artifact), "--json", str(tmp_path / "bench.json"),
-            "--log-dir", str(tmp_path / "logs"), "--timeout", "400", "--rss-after", "4"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    done = run_bench(["devstack.bench.pipeline", "pipeline", "--images", "8", "--size", "320x240",
+                      "--classifier", str(classifier_artifact), "--json", str(tmp_path / "bench.json"),
+                      "--log-dir", str(tmp_path / "logs"), "--timeout", "400", "--rss-after", "4"], timeout=900)
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"efficiency \d+\.\d\d", lines[-1]), lines[-1]
     for row in ("end-to-end images/s", "in-process images/s", "latency", "S3 requests per image",
@@ -59,16 +50,10 @@ COST_ROWS = ("overhead ratio", "redis commands per image", "redis round trips pe
 
 def test_fake_models_run_the_same_stack_and_report_what_each_image_costs(tmp_path):
     """``--fake-models``: the stack with fixed-cost stand-in models; the cost rows come out as numbers."""
-    try:
-        redis_server_binary()
-    except RuntimeError as exc:
-        skip_or_fail(str(exc))
-    argv = [sys.executable, "-m", "devstack.bench.pipeline", "pipeline", "--images", "6", "--size", "320x240",
-            "--fake-models", "--fake-cost", "2,0.5,2", "--redis-idle-s", "0", "--json", str(tmp_path / "bench.json"),
-            "--log-dir", str(tmp_path / "logs"), "--timeout", "300"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VP_"))}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    done = run_bench(["devstack.bench.pipeline", "pipeline", "--images", "6", "--size", "320x240",
+                      "--fake-models", "--fake-cost", "2,0.5,2", "--redis-idle-s", "0",
+                      "--json", str(tmp_path / "bench.json"), "--log-dir", str(tmp_path / "logs"), "--timeout", "300"],
+                     timeout=600)
     table = parse_table(done.stdout.splitlines())
     for row in COST_ROWS:
         assert re.match(r"\d+(\.\d+)? ", table[row] + " "), (row, table[row])
