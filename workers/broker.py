@@ -269,7 +269,7 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _blmpop = True  # until the server says it does not know the command
     _blmpop_sent = False
-    _acks_sent: list[str] = []  # acks sent ahead of the pending BLMPOP (their replies come first)
+    _acks_sent: list[str] | tuple = ()  # acks sent ahead of the pending BLMPOP (their replies come first)
 
     def __init__(self, *args, **kwargs):
         #: queues consumed with ``no_ack`` (a broadcast's replies, read by ``celery inspect`` and Flower):

@@ -1,10 +1,10 @@
 """``python -m devstack.bench broker``: what one Redis broker pays per image at a chosen rate, up to its ceiling.
 
-``bench pipeline`` measures the broker under the whole stack, which on a 2-core machine runs at ~20
-images/s (the models, moto and the workers take the CPU). At that rate Redis is idle between round
-trips: each command wakes it up, so its CPU per image is mostly wake-ups and system calls, and the
-``broker ceiling`` that row gives (1 s over that cost) is a lower bound. This bench drives only the
-broker's part of each image, with the workers' own code for it, at rates a fleet reaches:
+``bench pipeline`` measures the broker under the whole stack, which on a 2-core machine runs at ~30
+images/s (the models, moto and the workers take the CPU), so its ``broker ceiling`` row (1 s over the
+CPU per image) is an extrapolation from a mostly idle Redis. This bench drives only the broker's part
+of each image, with the workers' own code for it, at rates a fleet reaches (on the 2-core machine the
+cost per image barely fell with the rate: it is per round trip and per byte; docs/scale.md):
 
 * a producer process enqueues images with ``workers.messages.enqueue_images`` (the listener's and the
   backfill's path), ``--producer-batch`` images per call (an SQS receive at load holds 10);
@@ -172,8 +172,9 @@ def _window(url: str, images: int, rate: float, batch: int, timeout_s: float,
         deadline = w0 + timeout_s
         while classified.value < images:
             if time.monotonic() > deadline or not all(p.is_alive() for p in consumers):
-                raise RuntimeError(f"{classified.value}/{images} images through both stages after "
-                                   f"{time.monotonic() - w0:.0f} s (consumers alive: {[p.is_alive() for p in consumers]})")
+                raise RuntimeError(f"{sent.value} images enqueued, {detected.value} through detect, {classified.value} "
+                                   f"of {images} through classify after {time.monotonic() - w0:.0f} s (consumers alive: "
+                                   f"{[p.is_alive() for p in consumers]})")
             time.sleep(0.05)  # the bench's own progress poll; shared memory, no Redis command
         w1 = time.monotonic()
         end = figs.redis_stats(url)

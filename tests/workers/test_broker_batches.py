@@ -63,11 +63,11 @@ def _publish(url: str, bodies: list[dict]) -> None:
 class _Loop:
     """A kombu event loop (``Hub``) consuming one queue with a prefetch limit, as a Celery worker does."""
 
-    def __init__(self, url: str, prefetch: int, no_ack: bool = False, queues: list[Queue] | None = None) -> None:
+    def __init__(self, url: str, prefetch: int, no_ack: bool = False) -> None:
         self.hub = Hub()
         self.conn = Connection(url, transport=TRANSPORT)
         self.received: list = []
-        self.consumer = Consumer(self.conn, queues or [_queue()], accept=["json"], no_ack=no_ack,
+        self.consumer = Consumer(self.conn, [_queue()], accept=["json"], no_ack=no_ack,
                                  callbacks=[lambda body, message: self.received.append(message)])
         self.consumer.qos(prefetch_count=prefetch)
         self.conn.transport.register_with_event_loop(self.conn.connection, self.hub)
