@@ -7,6 +7,7 @@ under CI (CI=true), where every server must be present.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -21,6 +22,17 @@ def skip_or_fail(reason: str) -> None:
 
 # Model fixtures (a small real classifier artifact, ...) live in their own plugin module.
 pytest_plugins = ["tests.fixtures_models"]
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory):
+    """A folder for a module's fixtures, removed when the module's tests are done (kept if one failed):
+    module fixtures hold model files of ~90 MB each, and a whole run must fit a CI disk."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

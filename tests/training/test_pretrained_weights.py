@@ -23,13 +23,13 @@ from vehicle_core.storage import ObjectStore
 
 
 @pytest.fixture(scope="module")
-def imagenet_layout_file(tmp_path_factory):
+def imagenet_layout_file(module_tmp_path):
     """(path, conv1 kernel) of a ResNet50 notop weights file in the ImageNet download's layout."""
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
     keras.utils.set_random_seed(99)
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path_factory.mktemp("weights") / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    path = module_tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with h5py.File(path, "w") as f:
         save_weights_to_hdf5_group(f, backbone)
     return path, backbone.get_layer("conv1_conv").get_weights()[0]

@@ -32,7 +32,7 @@ V1, V2, V3 = "20260101-000000", "20260102-000000", "20260103-000000"
 
 
 @pytest.fixture(scope="module")
-def published(moto_server, classifier_artifact, tmp_path_factory):
+def published(moto_server, classifier_artifact, module_tmp_path):
     """V1 (current) and V2 published once per module under a base registry; tests copy them into a
     registry of their own (publishing loads the Keras model: the slow part)."""
     from devstack.servers import aws_env
@@ -43,7 +43,7 @@ def published(moto_server, classifier_artifact, tmp_path_factory):
         for name, value in aws_env(moto_server.endpoint_url).items():
             mp.setenv(name, value)
         bucket = f"reg-{uuid.uuid4().hex[:12]}"
-        root = tmp_path_factory.mktemp("registry-integrity")
+        root = module_tmp_path
         settings = load_settings(env={}).replace(
             storage={"cache_dir": str(root / "cache"), "endpoint_url": moto_server.endpoint_url},
             classifier={"registry": f"s3://{bucket}/models/base", "top_k": 2, "poll_interval_s": 10},

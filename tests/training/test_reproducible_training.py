@@ -19,11 +19,11 @@ def _tiny_settings(**changes):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_image_folder, tmp_path_factory):
+def two_runs(tiny_image_folder, module_tmp_path):
     """Two runs of the same settings and seed, in separate run directories."""
     reader = ObjectStore()
     index = index_dataset(str(tiny_image_folder), reader)
-    root = tmp_path_factory.mktemp("repro")
+    root = module_tmp_path
     return [train_classifier(index, reader, _tiny_settings(), run_dir=root / f"run{i}") for i in (1, 2)]
 
 
