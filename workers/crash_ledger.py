@@ -12,34 +12,49 @@ process dies, each of them has one crash. On redelivery, requests with a crash a
 a time, each under its own mark, so the next death is counted against the one request that caused
 it, and its batch-mates finish. After ``worker.max_deliveries`` crashes a message is given up.
 
-Marks expire (``ttl_s``, above the task time limit) so a message finished elsewhere leaves nothing.
+Marks expire (after ``ttl_s`` to ``2 * ttl_s``; ``ttl_s`` is above the visibility timeout) so a
+message finished elsewhere leaves nothing. They are fields of one hash per time window of ``ttl_s``
+(``vp:in-flight-marks:<window>``, expiring at the end of the next window), not a key each: a batch's
+marks are one HSET (+ EXPIREAT) and are cleared by one HDEL, whatever the batch's size, where a key per
+message cost the broker a SET each (docs/scale.md, "What each lever bought").
 
 Only a redelivered message can have a mark left behind (a delivery that died is the only way to leave
 one, and the broker marks every message it gives back: kombu's Redis transport sets ``redelivered``
 on each message it restores, whether requeued by workers/batching.py or after the visibility
-timeout). So :meth:`CrashLedger.triage` checks only the items its caller says were redelivered: a
-first delivery costs the broker one SET, and one DEL per batch clears the marks.
+timeout). So :meth:`CrashLedger.triage` checks only the items its caller says were redelivered (in the
+windows a mark can still be in, and under the key a mark had before the windows, from a worker of an
+earlier release): a first delivery costs the broker nothing per message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 
+#: A hash per time window of ``ttl_s``: message id -> 1 while it is worked on.
+MARKS = "vp:in-flight-marks:"
+#: A key per marked message, as workers before the windows set it: still read on redelivery, never written.
 IN_FLIGHT = "vp:in-flight:"
 CRASHES = "vp:crashes:"
+#: How many windows back a mark can still be: set in window w, its hash expires at the end of w + 1.
+WINDOWS_KEPT = 2
 
 
 class CrashLedger:
     """Crash counts per message id, kept in Redis."""
 
-    def __init__(self, client, *, max_deliveries: int, ttl_s: int) -> None:
+    def __init__(self, client, *, max_deliveries: int, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.max_deliveries = max_deliveries
         self.ttl_s = ttl_s
+        self.clock = clock
+
+    def _window(self) -> int:
+        return int(self.clock() // self.ttl_s)
 
     def crashes(self, ids: Sequence[str]) -> dict[str, int]:
         """Crashes so far per message id, counting one more for each that is still marked in flight
@@ -47,14 +62,21 @@ class CrashLedger:
         if not ids:
             return {}
         # One round trip, no MULTI/EXEC: a message is delivered to one consumer at a time, so nothing
-        # else touches its keys meanwhile. DEL says whether a mark was left behind; one MGET reads the counts.
+        # else touches its marks meanwhile. An HDEL (or, for a mark of an earlier release, a DEL) that
+        # removes something says a mark was left behind; one MGET reads the counts.
+        window = self._window()
+        # (one window ahead too: the worker that set a mark may read its clock a little ahead of this one's)
+        marks = [MARKS + str(window - back) for back in range(-1, WINDOWS_KEPT + 1)]
         pipe = self.client.pipeline(transaction=False)
         for message_id in ids:
-            pipe.delete(IN_FLIGHT + message_id)  # 1 when a mark was left behind
+            pipe.delete(IN_FLIGHT + message_id)
+            for key in marks:
+                pipe.hdel(key, message_id)
         pipe.mget([CRASHES + message_id for message_id in ids])
-        *left_behind, counts = pipe.execute()
+        *removed, counts = pipe.execute()
+        per_id = len(marks) + 1
         out = {message_id: int(count or 0) for message_id, count in zip(ids, counts, strict=True)}
-        died = [message_id for message_id, gone in zip(ids, left_behind, strict=True) if gone]
+        died = [message_id for i, message_id in enumerate(ids) if any(removed[i * per_id:(i + 1) * per_id])]
         if died:  # rare: one more round trip to count the deaths
             pipe = self.client.pipeline(transaction=False)
             for message_id in died:
@@ -93,14 +115,30 @@ class CrashLedger:
         if not ids:
             yield
             return
-        pipe = self.client.pipeline(transaction=False)
-        for message_id in ids:
-            pipe.set(IN_FLIGHT + message_id, b"1", ex=self.ttl_s)
-        pipe.execute()
+        window = self._window()
+        key = MARKS + str(window)
+        # Every mark of the window's hash lives at least ttl_s: the hash expires at the end of the next window.
+        self.client.pipeline(transaction=False).hset(key, mapping=dict.fromkeys(ids, b"1")).expireat(
+            key, (window + WINDOWS_KEPT) * self.ttl_s).execute()
         yield
-        self.forget(ids)
+        self.forget(ids, marks_key=key)
 
-    def forget(self, ids: Sequence[str]) -> None:
-        """Clear marks and counts of messages that were answered."""
-        if ids:
-            self.client.delete(*[IN_FLIGHT + i for i in ids], *[CRASHES + i for i in ids])
+    def forget(self, ids: Sequence[str], marks_key: str | None = None) -> None:
+        """Clear the counts of messages that were answered, and their marks in ``marks_key`` (the hash
+        :meth:`in_flight` put them in), in one round trip."""
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        if marks_key is not None:
+            pipe.hdel(marks_key, *ids)
+        pipe.delete(*[CRASHES + i for i in ids]).execute()
+
+
+def marked(client) -> list[str]:
+    """Every in-flight mark now set, as message ids (for tests and operators: a SCAN of the windows)."""
+    ids = []
+    for key in client.scan_iter(match=MARKS + "*"):
+        ids += [field.decode() if isinstance(field, bytes) else field for field in client.hkeys(key)]
+    ids += [key.decode()[len(IN_FLIGHT):] if isinstance(key, bytes) else key[len(IN_FLIGHT):]
+            for key in client.scan_iter(match=IN_FLIGHT + "*")]
+    return ids

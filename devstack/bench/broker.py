@@ -10,8 +10,8 @@ cost per image barely fell with the rate: it is per round trip and per byte; doc
   backfill's path), ``--producer-batch`` images per call (an SQS receive at load holds 10);
 * a detect consumer takes them through ``workers.broker.Transport`` (batched pops, records, acks) in a
   kombu event loop with the detect worker's prefetch (``workers.batching.prefetch_for``), works on
-  ``detector.batch_size`` at a time under ``workers.crash_ledger.CrashLedger.in_flight`` (SET per
-  message, DEL per batch), hands each image on to the classify queue in one publish batch (a CropSet
+  ``detector.batch_size`` at a time under ``workers.crash_ledger.CrashLedger.in_flight`` (an HSET
+  + EXPIREAT to mark a batch, an HDEL + DEL to clear it), hands each image on to the classify queue in one publish batch (a CropSet
   message of ``--crop-set-bytes``, the size of three crops), and acks;
 * a classify consumer does the same with ``worker.batch_flush_every`` and the classify prefetch, and acks.
 

@@ -36,6 +36,7 @@ from tests.integration.poison.sitecustomize import POISON, SLOW_DETECT_FILE, SLO
 from tests.integration.stack import results_under
 from training.synthetic.scenes import encode, make_scene
 from vehicle_core.results.contract import validate_result
+from workers.crash_ledger import marked
 
 # Seven faults in turn, each waiting for its images' results: minutes on two cores, more on a busy machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -99,9 +100,9 @@ class Chaos:
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
         return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
-    def in_flight(self, task: str = "*") -> list[bytes]:
+    def in_flight(self, task: str = "") -> list[str]:
         """Crash-ledger marks now set (the tasks key them ``detect:<id>`` and ``classify:<id>``)."""
-        return self.broker.keys(f"vp:in-flight:{task}:*")
+        return [mark for mark in marked(self.broker) if mark.startswith(f"{task}:" if task else "")]
 
 
 
