@@ -37,6 +37,7 @@ from celery_batches.trace import apply_batches_task
 from vehicle_core.config import broker_kind
 from vehicle_core.errors import InvalidInputError
 from vehicle_core.results.contract import SourceRef
+from workers.messages import args_repr
 from workers.result_writer import write_error_result
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def retry_later(task, request, source: SourceRef, exc: Exception, *, max_retries
     try:
         # The rest of the chain travels with the re-sent request, as it did with the first.
         task.apply_async(args=request.args, kwargs={"attempt": attempt}, countdown=countdown,
-                         chain=rest_of_chain(request) or None)
+                         chain=rest_of_chain(request) or None, argsrepr=args_repr(request.args))
     except Exception as publish_error:  # noqa: BLE001 - kombu raises many kinds; all mean "not sent"
         log.error("could not re-send %s for a retry (%r): requeueing the message", source.uri, publish_error)
         return REQUEUE
@@ -215,7 +216,8 @@ def hand_on(app, request, value: Any, *, producer=None) -> bool:
         return False
     step = signature(chain.pop(), app=app)
     root_id = (request.request_dict or {}).get("root_id") or request.id
-    step.apply_async((value,), chain=chain or None, parent_id=request.id, root_id=root_id, producer=producer)
+    step.apply_async((value,), chain=chain or None, parent_id=request.id, root_id=root_id, producer=producer,
+                     argsrepr=args_repr((value,)))
     return True
 
 

@@ -25,6 +25,28 @@ CLASSIFY_TASK = "workers.tasks.classify"
 CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
 
 
+def args_repr(args) -> str | None:
+    """What a task message shows as its arguments (its ``argsrepr`` header: Flower's *args* column,
+    the worker's log line) when the argument is a CropSet message: the image, its detections and how
+    many crops of what size. Celery's default is ``saferepr`` of the whole message, cut at 1,024
+    characters: a kilobyte of base64 that told nobody anything and that each classify message carried
+    to Redis twice (the queue's LPUSH, the consumer's unacked record). None (Celery's default) for
+    anything else."""
+    try:
+        (message,) = args
+        crops, source = message["crops"], message["source"]
+        if not isinstance(crops, list) or not all(isinstance(crop, str) for crop in crops):
+            return None
+        summary = {"source": f"s3://{source['bucket']}/{source['key']}",
+                   "detections": [f"{d['label']} {float(d['score']):.2f}" for d in message["detections"]],
+                   "crops": f"{len(crops)} JPEG, {sum(len(c) for c in crops)} base64 characters"}
+    except (TypeError, ValueError, KeyError):
+        return None
+    from celery.utils.saferepr import saferepr
+
+    return saferepr((summary,), 1024)
+
+
 #: kombu's Redis transport keeps one list per priority step of a queue (by default four: 0, 3, 6, 9)
 #: and names all of them in every BRPOP, queue-depth probe (EXISTS, LLEN) and restore. Nothing here
 #: sets a priority, so one step: every message lives in the queue's own key (where priority-0
