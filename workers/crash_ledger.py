@@ -119,7 +119,7 @@ class CrashLedger:
         key = MARKS + str(window)
         # Every mark of the window's hash lives at least ttl_s: the hash expires at the end of the next window.
         self.client.pipeline(transaction=False).hset(key, mapping=dict.fromkeys(ids, b"1")).expireat(
-            key, (window + WINDOWS_KEPT) * self.ttl_s).execute()
+            key, int((window + WINDOWS_KEPT) * self.ttl_s)).execute()
         yield
         self.forget(ids, marks_key=key)
 
