@@ -25,26 +25,38 @@ CLASSIFY_TASK = "workers.tasks.classify"
 CROP_CHUNK_TASK = "workers.tasks.crop_dataset_chunk"
 
 
-def args_repr(args) -> str | None:
+def args_repr(args, maxsize: int = 1024) -> str | None:
     """What a task message shows as its arguments (its ``argsrepr`` header: Flower's *args* column,
     the worker's log line) when the argument is a CropSet message: the image, its detections and how
     many crops of what size. Celery's default is ``saferepr`` of the whole message, cut at 1,024
     characters: a kilobyte of base64 that told nobody anything and that each classify message carried
     to Redis twice (the queue's LPUSH, the consumer's unacked record). None (Celery's default) for
     anything else."""
+    from vehicle_core.errors import MalformedMessageError
+    from vehicle_core.results.contract import SourceRef
+
     try:
         (message,) = args
-        crops, source = message["crops"], message["source"]
+        crops = message["crops"]
         if not isinstance(crops, list) or not all(isinstance(crop, str) for crop in crops):
             return None
-        summary = {"source": f"s3://{source['bucket']}/{source['key']}",
+        summary = {"source": SourceRef.from_dict(message["source"]).uri,
                    "detections": [f"{d['label']} {float(d['score']):.2f}" for d in message["detections"]],
                    "crops": f"{len(crops)} JPEG, {sum(len(c) for c in crops)} base64 characters"}
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, MalformedMessageError):
         return None
+    return short_repr((summary,), maxsize)
+
+
+def short_repr(args: tuple, maxsize: int) -> str:
+    """celery's ``saferepr`` of ``args`` (a task's ``argsrepr``), which is plain ``repr`` below its size
+    limit, and 50x faster: every message sent pays it."""
+    text = repr(args)
+    if len(text) <= maxsize:
+        return text
     from celery.utils.saferepr import saferepr
 
-    return saferepr((summary,), 1024)
+    return saferepr(args, maxsize)
 
 
 #: kombu's Redis transport keeps one list per priority step of a queue (by default four: 0, 3, 6, 9)
@@ -196,10 +208,4 @@ class ChainTemplate:
         return task_id
 
     def _argsrepr(self, args: list) -> str:
-        # celery's saferepr of the args tuple, which is plain repr below its size limit (and 50x faster).
-        text = repr(tuple(args))
-        if len(text) <= self.app.amqp.argsrepr_maxsize:
-            return text
-        from celery.utils.saferepr import saferepr
-
-        return saferepr(tuple(args), self.app.amqp.argsrepr_maxsize)
+        return short_repr(tuple(args), self.app.amqp.argsrepr_maxsize)
