@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.request
 
 import pytest
 
@@ -51,6 +52,9 @@ def redis_server():
         ctx.__exit__(None, None, None)
 
 
+_session_moto: list = []  # the session's moto server, once a test asked for it
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's real HTTP server (S3, SQS) in a subprocess on a free loopback port, for the session."""
@@ -69,9 +73,6 @@ def moto_server():
         ctx.__exit__(None, None, None)
 
 
-_session_moto: list = []  # the session's moto server, once a test asked for it
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _moto_emptied_after_each_module():
     """The session's moto server forgets every bucket and queue when a module's tests are done: it keeps
@@ -80,8 +81,6 @@ def _moto_emptied_after_each_module():
     fixture keeps S3 or SQS state beyond its module (set up first, this one is torn down last)."""
     yield
     for server in _session_moto:
-        import urllib.request
-
         request = urllib.request.Request(f"{server.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request, timeout=30) as resp:
             assert resp.status == 200, f"moto reset answered {resp.status}"

@@ -136,9 +136,6 @@ class CrashLedger:
 
 def marked(client) -> list[str]:
     """Every in-flight mark now set, as message ids (for tests and operators: a SCAN of the windows)."""
-    ids = []
-    for key in client.scan_iter(match=MARKS + "*"):
-        ids += [field.decode() if isinstance(field, bytes) else field for field in client.hkeys(key)]
-    ids += [key.decode()[len(IN_FLIGHT):] if isinstance(key, bytes) else key[len(IN_FLIGHT):]
-            for key in client.scan_iter(match=IN_FLIGHT + "*")]
-    return ids
+    ids = [field for key in client.scan_iter(match=MARKS + "*") for field in client.hkeys(key)]
+    ids += [key[len(IN_FLIGHT):] for key in client.scan_iter(match=IN_FLIGHT + "*")]
+    return [i.decode() if isinstance(i, bytes) else i for i in ids]

@@ -11,8 +11,8 @@ cost per image barely fell with the rate: it is per round trip and per byte; doc
 * a detect consumer takes them through ``workers.broker.Transport`` (batched pops, records, acks) in a
   kombu event loop with the detect worker's prefetch (``workers.batching.prefetch_for``), works on
   ``detector.batch_size`` at a time under ``workers.crash_ledger.CrashLedger.in_flight`` (an HSET
-  + EXPIREAT to mark a batch, an HDEL + DEL to clear it), hands each image on to the classify queue in one publish batch (a CropSet
-  message of ``--crop-set-bytes``, the size of three crops), and acks;
+  + EXPIREAT to mark a batch, an HDEL + DEL to clear it), hands each image on to the classify queue
+  in one publish batch (a CropSet message of ``--crop-set-bytes``, the size of three crops), and acks;
 * a classify consumer does the same with ``worker.batch_flush_every`` and the classify prefetch, and acks.
 
 No Celery worker, no model, no S3: the commands Redis sees per image are the workers' (``by command``:
