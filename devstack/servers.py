@@ -133,14 +133,16 @@ def _moto_answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def moto_server(port: int | None = None, timeout_s: float = 60.0) -> Iterator[MotoServer]:
+def moto_server(port: int | None = None, timeout_s: float = 60.0,
+                extra_env: dict[str, str] | None = None) -> Iterator[MotoServer]:
     """Start moto's HTTP server (S3, SQS, ...) in a subprocess on 127.0.0.1; yield it; stop it.
 
     A subprocess rather than ThreadedMotoServer so that forked workers and other processes reach
-    the same state over HTTP.
+    the same state over HTTP. ``extra_env``: moto's own settings, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT``
+    (after that many requests, moto checks every request's signature and IAM policy).
     """
     port = port or free_port()
-    env = {**os.environ, **aws_env(f"http://127.0.0.1:{port}")}
+    env = {**os.environ, **aws_env(f"http://127.0.0.1:{port}"), **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:

@@ -80,6 +80,10 @@ class StorageSettings:
     cache_dir: str = setting("~/.cache/vehicle-pipeline", "local copies of s3:// model artifacts and weights")
     max_pool_connections: int = setting(
         16, "HTTP connections one client keeps open (concurrent fetches of a batch share them)", minimum=1)
+    lean_requests: bool = setting(
+        True, "the GET of an image and the PUT of a result as one request signed with botocore's signer, once "
+        "a boto3 call has shown the bucket's endpoint (about half the CPU of a boto3 call); any answer but "
+        "success goes through boto3, as does every other call; off behind an HTTP(S) proxy")
 
 
 @dataclass(frozen=True)

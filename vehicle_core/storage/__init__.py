@@ -4,6 +4,9 @@
   retries, ``s3://`` URIs, ETags, and :func:`storage_error`, the one translation of botocore errors;
 * :mod:`vehicle_core.storage.objects` — :class:`ObjectStore`: head, get (bounded), get_json, put
   (conditional: If-None-Match / If-Match), list, delete over ``s3://`` URIs and local paths;
+* :mod:`vehicle_core.storage.lean` — the store's GET and PUT as one request signed with botocore's
+  signer once boto3 has shown a bucket's endpoint (half the CPU of a boto3 call); anything but
+  success is redone through boto3;
 * :mod:`vehicle_core.storage.artifacts` — :func:`resolve_local` for model artifacts (``zoo://``,
   ``s3://`` prefixes and archives, local ``.tar.gz``), cached by ETag, checked against a SHA-256.
 """

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
 from vehicle_core.results.contract import normalize_etag
+from vehicle_core.storage.lean import LeanS3
 from vehicle_core.storage.s3 import check_key, error_code, http_status, parse_s3_uri, s3_client, storage_error
 
 
@@ -81,16 +83,27 @@ class ObjectStore:
         if getattr(self._local, "client", None) is None:
             if self.storage is None:
                 raise ValueError("an ObjectStore without storage settings reads local paths only")
-            self._local.client = self._count_on(s3_client(self.storage))
+            session = boto3.session.Session()
+            client = self._count_on(s3_client(self.storage, session))
+            self._local.lean = LeanS3(session, client, self.storage) if LeanS3.usable(self.storage) else None
+            self._local.client = client
         return self._local.client
+
+    def _lean(self) -> LeanS3 | None:
+        """This thread's lean GET/PUT path (vehicle_core/storage/lean.py); None with a shared client."""
+        client = self.client
+        return None if client is self._shared_client else self._local.lean
 
     def _count_on(self, client):
         def count(model, **_kwargs):
-            with self._count_lock:
-                self.requests[model.name] += 1
+            self._count(model.name)
 
         client.meta.events.register("before-call.s3", count)
         return client
+
+    def _count(self, operation: str) -> None:
+        with self._count_lock:
+            self.requests[operation] += 1
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -118,6 +131,12 @@ class ObjectStore:
         if not is_s3(uri):
             return self._get_local(Path(uri), max_bytes)
         bucket, key = _checked(uri)
+        lean = self._lean()
+        if lean is not None and lean.knows(bucket):
+            got = lean.get(bucket, key, max_bytes, uri)
+            if got is not None:
+                self._count("GetObject")
+                return got[0], _info(uri, key, got[1])
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
             size = int(resp.get("ContentLength") or 0)
@@ -127,6 +146,8 @@ class ObjectStore:
             data = resp["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "GET", uri) from exc
+        if lean is not None:
+            lean.learn(bucket, key)
         info = _info(uri, key, resp)
         return data, info if info.size else _with_size(info, len(data))
 
@@ -219,12 +240,18 @@ class ObjectStore:
             extra["IfNoneMatch"] = "*"
         if if_match is not None:
             extra["IfMatch"] = f'"{normalize_etag(if_match)}"'
+        lean = self._lean()
+        if lean is not None and lean.knows(bucket) and lean.put(bucket, key, data, _put_headers(extra)):
+            self._count("PutObject")
+            return
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
         except (ClientError, BotoCoreError) as exc:
             if (if_none_match or if_match is not None) and _condition_failed(exc, if_match is not None):
                 raise PreconditionFailed(uri) from exc
             raise storage_error(exc, "PUT", uri) from exc
+        if lean is not None:
+            lean.learn(bucket, key)
 
     def put_json(self, uri: str, document: Any, *, metadata: dict[str, str] | None = None,
                  if_none_match: bool = False, if_match: str | None = None) -> None:
@@ -284,6 +311,17 @@ class ObjectStore:
             return path.read_bytes(), _local_info(path)
         except OSError as exc:
             raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _put_headers(extra: dict[str, Any]) -> dict[str, str]:
+    """PutObject's parameters (as :meth:`ObjectStore.put` passes them to boto3) as HTTP headers."""
+    headers = {"Content-Type": extra["ContentType"]} if "ContentType" in extra else {}
+    if "IfNoneMatch" in extra:
+        headers["If-None-Match"] = extra["IfNoneMatch"]
+    if "IfMatch" in extra:
+        headers["If-Match"] = extra["IfMatch"]
+    headers.update({f"x-amz-meta-{name}": value for name, value in extra.get("Metadata", {}).items()})
+    return headers
 
 
 def _condition_failed(exc: Exception, if_match: bool) -> bool:

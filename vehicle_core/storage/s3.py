@@ -49,18 +49,19 @@ def _config(storage: StorageSettings) -> Config:
     )
 
 
-def _client(service: str, storage: StorageSettings):
+def _client(service: str, storage: StorageSettings, session=None):
     # endpoint_url=None lets boto3 pick AWS_ENDPOINT_URL_<SERVICE> / AWS_ENDPOINT_URL / AWS itself.
-    session = boto3.session.Session()
+    session = session or boto3.session.Session()
     region = session.region_name or storage.region
     return session.client(service, endpoint_url=storage.endpoint_url or None, region_name=region,
                           config=_config(storage))
 
 
-def s3_client(storage: StorageSettings):
+def s3_client(storage: StorageSettings, session=None):
     """A boto3 S3 client: standard credential chain, endpoint from settings or AWS_ENDPOINT_URL[_S3],
-    adaptive retries (``storage.max_attempts``) and the configured connect/read timeouts."""
-    return _client("s3", storage)
+    adaptive retries (``storage.max_attempts``) and the configured connect/read timeouts. ``session``:
+    the boto3 session to build it from (a new one by default)."""
+    return _client("s3", storage, session)
 
 
 def sqs_client(storage: StorageSettings):
