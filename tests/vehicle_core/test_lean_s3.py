@@ -17,7 +17,12 @@ import pytest
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import moto_server as start_moto
 from vehicle_core.config import load_settings
-from vehicle_core.errors import AccessDeniedError, ImageTooLargeError, SourceNotFoundError
+from vehicle_core.errors import (
+    AccessDeniedError,
+    ImageTooLargeError,
+    SourceNotFoundError,
+    StorageUnavailableError,
+)
 from vehicle_core.storage import ObjectStore, PreconditionFailed
 
 #: Keys the signature must survive: reserved and non-ASCII characters, repeated and trailing slashes,
@@ -187,3 +192,72 @@ def test_the_lean_path_is_off_behind_a_proxy_and_by_setting(aws_env, monkeypatch
     assert ObjectStore(replace(storage, lean_requests=False))._lean() is None  # noqa: SLF001
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     assert ObjectStore(storage)._lean() is None  # noqa: SLF001
+
+
+def test_an_object_stored_compressed_is_read_as_stored(learnt, bucket, s3):
+    import gzip
+
+    packed = gzip.compress(b"\xff\xd8 an image " * 100)
+    s3.put_object(Bucket=bucket, Key="packed.jpg", Body=packed, ContentEncoding="gzip")
+    store, boto3_calls = learnt
+    assert store.get(f"s3://{bucket}/packed.jpg", max_bytes=len(packed))[0] == packed  # not inflated
+    assert boto3_calls.calls == []
+
+
+def test_a_body_without_a_length_is_bounded_and_a_short_one_is_transient(monkeypatch, storage):
+    """An S3-compatible server answering a GET in chunks (no Content-Length): max_bytes still holds; one
+    that hangs up before the length it announced: a transient storage fault on both paths."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Chunked(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_args) -> None:
+            pass
+
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.endswith("short.jpg"):  # announces 10,240 bytes, sends 5,000, hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", "10240")
+                self.end_headers()
+                self.wfile.write(b"s" * 5000)
+                self.close_connection = True
+                return
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"400\r\n" + b"c" * 1024 + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _use(monkeypatch, {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        store = ObjectStore(storage)
+        store.put("s3://chunky/learn", b"x")
+        boto3_calls = _Boto3Calls(store)
+        with pytest.raises(ImageTooLargeError):
+            store.get("s3://chunky/big.jpg", max_bytes=5000)
+        assert store.get("s3://chunky/big.jpg", max_bytes=10240)[0] == b"c" * 10240
+        assert boto3_calls.calls == []
+        plain = ObjectStore(replace(storage, lean_requests=False))
+        with pytest.raises(ImageTooLargeError):  # and through boto3
+            plain.get("s3://chunky/big.jpg", max_bytes=5000)
+        for reader in (store, plain):  # a body cut short is the connection's fault, never a short image
+            for limit in (None, 20_000):
+                with pytest.raises(StorageUnavailableError):
+                    reader.get("s3://chunky/short.jpg", max_bytes=limit)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -117,10 +117,17 @@ class LeanS3:
             response.close()  # not read: the connection goes with its unread body
             raise ImageTooLargeError(f"{uri} is {size} bytes, above the limit of {max_bytes}")
         try:
-            data = response.read()  # urllib3 raises when fewer bytes than Content-Length arrive
+            # Bounded even without a Content-Length (a chunked answer); urllib3 raises when fewer bytes
+            # arrive than it announced. The bytes as stored: no Content-Encoding undone (boto3's neither).
+            data = response.read(None if max_bytes is None else max_bytes + 1, decode_content=False)
+            if max_bytes is not None and len(data) <= max_bytes:
+                data += response.read(decode_content=False)  # the end of the body (b"" after a full read)
         except (urllib3.exceptions.HTTPError, OSError):
             response.close()
             return None
+        if max_bytes is not None and len(data) > max_bytes:
+            response.close()
+            raise ImageTooLargeError(f"{uri} is more than {max_bytes} bytes, the limit")
         response.release_conn()
         return data, _fields(response.headers, len(data))
 

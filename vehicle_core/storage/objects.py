@@ -143,7 +143,12 @@ class ObjectStore:
             if max_bytes is not None and size > max_bytes:
                 resp["Body"].close()
                 raise ImageTooLargeError(f"{uri} is {size} bytes, above the limit of {max_bytes}")
-            data = resp["Body"].read()
+            data = resp["Body"].read(None if max_bytes is None else max_bytes + 1)  # bounded without a length too
+            if max_bytes is not None and len(data) <= max_bytes:
+                data += resp["Body"].read()  # b"" at the end; this read checks the length botocore was told
+            if max_bytes is not None and len(data) > max_bytes:
+                resp["Body"].close()
+                raise ImageTooLargeError(f"{uri} is more than {max_bytes} bytes, the limit")
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "GET", uri) from exc
         if lean is not None:
