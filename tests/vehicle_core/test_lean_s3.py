@@ -102,9 +102,11 @@ def test_lean_requests_carry_signatures_s3_accepts_for_odd_keys(signing_s3, monk
             store.put_json(uri, {"n": -1}, if_none_match=True)
         store.put_json(uri, {"n": n + 100}, if_match=info.etag)
         assert json.loads(plain.get(uri)[0]) == {"n": n + 100}, key
+    store.put("s3://signed/empty", b"")
+    assert store.get("s3://signed/empty")[0] == b""
     # one boto3 call to learn, then boto3 only for the refused conditional PUTs (412: not a success)
     assert boto3_calls.calls == ["PutObject"] * (1 + len(ODD_KEYS))
-    assert store.requests["GetObject"] == len(ODD_KEYS)
+    assert store.requests["GetObject"] == len(ODD_KEYS) + 1
 
 
 def test_a_wrong_secret_is_refused_on_the_lean_path_too(signing_s3, monkeypatch, storage):
@@ -261,3 +263,17 @@ def test_a_body_without_a_length_is_bounded_and_a_short_one_is_transient(monkeyp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_credentials_that_fail_to_refresh_leave_the_call_to_boto3(learnt, bucket):
+    from botocore.exceptions import CredentialRetrievalError
+
+    class Expired:
+        def get_frozen_credentials(self):
+            raise CredentialRetrievalError(provider="container-role", error_msg="metadata endpoint timed out")
+
+    store, boto3_calls = learnt
+    store._lean()._credentials = Expired()  # noqa: SLF001
+    store.put(f"s3://{bucket}/refresh.json", b"{}")
+    assert store.get(f"s3://{bucket}/refresh.json")[0] == b"{}"
+    assert boto3_calls.calls == ["PutObject", "GetObject"]

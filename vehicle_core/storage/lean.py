@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError
 from botocore.httpsession import get_cert_path
 from botocore.utils import percent_encode
 
@@ -159,7 +160,7 @@ class LeanS3:
             response = self._pool.connection_from_url(prepared.url).urlopen(
                 method, parts.path, body=prepared.body or None, headers=dict(prepared.headers.items()),
                 preload_content=False, redirect=False, retries=False, assert_same_host=False)
-        except (urllib3.exceptions.HTTPError, OSError):
+        except (urllib3.exceptions.HTTPError, OSError, BotoCoreError):  # a refresh of credentials included
             return None
         if 200 <= response.status < 300:
             return response
