@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import boto3
@@ -42,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "detector_score": 0.91, "top": [["car", 0.97], ["truck", 0.02]]}] * 3,
                 "models": {"detector": "x" * 120, "classifier": "y" * 120}, "timings_ms": {"detect": 12.5}}
     metadata = {"vp-etag": "0" * 32, "vp-status": "ok", "vp-error": "", "vp-schema": "1"}
-    with moto_server() as moto, _proxy_process(moto.endpoint_url) as proxy, environment(aws_env(proxy.endpoint_url)):
-        boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1").put_object(
-            Bucket=BUCKET, Key="image.jpg", Body=image)
+    with moto_server() as moto, contextlib.closing(_Proxy(moto.endpoint_url)) as proxy, \
+            environment(aws_env(proxy.endpoint_url)):
+        setup = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1")
+        setup.create_bucket(Bucket=BUCKET)
+        setup.put_object(Bucket=BUCKET, Key="image.jpg", Body=image)
         storage = load_settings().storage
         stores = {"lean": ObjectStore(storage), "boto3": ObjectStore(replace(storage, lean_requests=False))}
         for store in stores.values():  # clients built, the lean one's bucket learnt: not timed
@@ -110,15 +110,6 @@ def _serve(upstream: str, conn) -> None:
         conn.send(proxy.endpoint_url)
         while conn.recv() == "count":
             conn.send(sum(proxy.counts.values()))
-
-
-@contextlib.contextmanager
-def _proxy_process(upstream: str) -> Iterator[_Proxy]:
-    proxy = _Proxy(upstream)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 def _parser() -> argparse.ArgumentParser:
