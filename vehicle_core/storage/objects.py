@@ -60,8 +60,10 @@ class ObjectStore:
     """Bytes at ``s3://`` URIs or local paths: head, get (bounded), get_json, put, list, delete.
 
     ``client`` defaults to one boto3 client per thread, built on first use (clients are thread-safe,
-    but one per thread avoids their pool's lock). ``cache_dir`` keeps a local copy of each S3 object
-    :meth:`read` fetched (training re-reads its dataset every epoch).
+    but one per thread avoids their pool's lock), each with its lean path for :meth:`get` and :meth:`put`
+    (vehicle_core/storage/lean.py: once a boto3 call has shown a bucket's endpoint, one signed request
+    without boto3's per-call machinery; anything but success is made again through boto3). ``cache_dir``
+    keeps a local copy of each S3 object :meth:`read` fetched (training re-reads its dataset every epoch).
     """
 
     def __init__(self, storage: StorageSettings | None = None, *, cache_dir: str | Path | None = None,
