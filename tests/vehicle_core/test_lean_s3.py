@@ -126,7 +126,9 @@ def test_a_wrong_secret_is_refused_on_the_lean_path_too(signing_s3, monkeypatch,
 
 def test_temporary_credentials_sign_with_their_session_token(signing_s3, monkeypatch, storage):
     _use(monkeypatch, signing_s3)
-    sts = boto3.client("sts", endpoint_url=signing_s3["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    # A session of its own: boto3.client() would use boto3's default session, whose credentials are those
+    # it first found (an earlier test's), not this environment's.
+    sts = boto3.session.Session().client("sts", endpoint_url=signing_s3["AWS_ENDPOINT_URL"], region_name="us-east-1")
     temporary = sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/writer",
                                 RoleSessionName="lean")["Credentials"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", temporary["AccessKeyId"])
