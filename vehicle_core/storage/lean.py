@@ -48,7 +48,7 @@ from botocore.httpsession import get_cert_path
 from botocore.utils import percent_encode
 
 from vehicle_core.config import StorageSettings
-from vehicle_core.errors import ImageTooLargeError
+from vehicle_core.storage.s3 import read_bounded
 
 #: Bodies above this go through boto3 (which sends ``Expect: 100-continue`` for them).
 MAX_LEAN_BODY = 1 << 20
@@ -113,22 +113,13 @@ class LeanS3:
         response = self._send("GET", bucket, key, b"", {})
         if response is None:
             return None
-        size = int(response.headers.get("Content-Length") or -1)
-        if max_bytes is not None and size > max_bytes:
-            response.close()  # not read: the connection goes with its unread body
-            raise ImageTooLargeError(f"{uri} is {size} bytes, above the limit of {max_bytes}")
-        try:
-            # Bounded even without a Content-Length (a chunked answer); urllib3 raises when fewer bytes
-            # arrive than it announced. The bytes as stored: no Content-Encoding undone (boto3's neither).
-            data = response.read(None if max_bytes is None else max_bytes + 1, decode_content=False)
-            if max_bytes is not None and len(data) <= max_bytes:
-                data += response.read(decode_content=False)  # the end of the body (b"" after a full read)
-        except (urllib3.exceptions.HTTPError, OSError):
+        length = response.headers.get("Content-Length")
+        try:  # the bytes as stored: no Content-Encoding undone (boto3 undoes none either)
+            data = read_bounded(lambda amt: response.read(amt, decode_content=False), response.close,
+                                int(length) if length else None, max_bytes, uri)
+        except (urllib3.exceptions.HTTPError, OSError):  # urllib3: fewer bytes than it announced, or a reset
             response.close()
             return None
-        if max_bytes is not None and len(data) > max_bytes:
-            response.close()
-            raise ImageTooLargeError(f"{uri} is more than {max_bytes} bytes, the limit")
         response.release_conn()
         return data, _fields(response.headers, len(data))
 

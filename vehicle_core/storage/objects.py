@@ -31,7 +31,15 @@ from vehicle_core.config import StorageSettings
 from vehicle_core.errors import ImageTooLargeError, SourceNotFoundError
 from vehicle_core.results.contract import normalize_etag
 from vehicle_core.storage.lean import LeanS3
-from vehicle_core.storage.s3 import check_key, error_code, http_status, parse_s3_uri, s3_client, storage_error
+from vehicle_core.storage.s3 import (
+    check_key,
+    error_code,
+    http_status,
+    parse_s3_uri,
+    read_bounded,
+    s3_client,
+    storage_error,
+)
 
 
 class PreconditionFailed(Exception):  # noqa: N818 - S3's own name for it
@@ -141,16 +149,8 @@ class ObjectStore:
                 return got[0], _info(uri, key, got[1])
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
-            size = int(resp.get("ContentLength") or 0)
-            if max_bytes is not None and size > max_bytes:
-                resp["Body"].close()
-                raise ImageTooLargeError(f"{uri} is {size} bytes, above the limit of {max_bytes}")
-            data = resp["Body"].read(None if max_bytes is None else max_bytes + 1)  # bounded without a length too
-            if max_bytes is not None and len(data) <= max_bytes:
-                data += resp["Body"].read()  # b"" at the end; this read checks the length botocore was told
-            if max_bytes is not None and len(data) > max_bytes:
-                resp["Body"].close()
-                raise ImageTooLargeError(f"{uri} is more than {max_bytes} bytes, the limit")
+            body = resp["Body"]
+            data = read_bounded(body.read, body.close, resp.get("ContentLength"), max_bytes, uri)
         except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "GET", uri) from exc
         if lean is not None:

@@ -21,6 +21,7 @@ from botocore.exceptions import (
 from vehicle_core.config import StorageSettings
 from vehicle_core.errors import (
     AccessDeniedError,
+    ImageTooLargeError,
     SourceNotFoundError,
     StorageRejectedError,
     StorageUnavailableError,
@@ -93,6 +94,25 @@ def check_key(bucket: str, key: str) -> str:
         raise StorageRejectedError(f"s3://{bucket}/{key[:60]}… is a key of {size} bytes; S3 keys are at most "
                                    f"{MAX_KEY_BYTES} bytes of UTF-8")
     return key
+
+
+def read_bounded(read, close, declared: int | None, max_bytes: int | None, uri: str) -> bytes:
+    """An object's body within ``max_bytes``: refused by its declared length before any byte is read,
+    and by what arrives when no length was declared (a chunked answer). ``read(amt)`` reads up to
+    ``amt`` bytes (all for None); ``close()`` drops the connection with its unread body. The body is
+    read to its end, so the transport's own length check runs (a body cut short raises there)."""
+    if max_bytes is None:
+        return read(None)
+    if declared is not None and declared > max_bytes:
+        close()
+        raise ImageTooLargeError(f"{uri} is {declared} bytes, above the limit of {max_bytes}")
+    data = read(max_bytes + 1)
+    if len(data) <= max_bytes:
+        data += read(None)  # b"" at the end of the body
+    if len(data) > max_bytes:
+        close()
+        raise ImageTooLargeError(f"{uri} is more than {max_bytes} bytes, the limit")
+    return data
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
