@@ -176,7 +176,7 @@ def test_a_failed_call_does_not_teach_the_next_one_its_url(aws_env, bucket, stor
     assert fresh.get(f"s3://{bucket}/x/y.jpg")[0] == b"Y"
 
 
-def test_server_errors_on_the_lean_path_are_retried_by_boto3(moto_server, monkeypatch, bucket, storage):
+def test_server_errors_on_the_lean_path_are_retried_by_boto3_which_paces_the_next_calls(moto_server, monkeypatch, bucket, storage):
     with s3_proxy(moto_server.endpoint_url) as proxy:
         _use(monkeypatch, {"AWS_ENDPOINT_URL": proxy.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
@@ -189,6 +189,15 @@ def test_server_errors_on_the_lean_path_are_retried_by_boto3(moto_server, monkey
         assert store.get(f"s3://{bucket}/{key}")[0] == b"image"
         assert proxy.faults["SlowDown"] == 2
         assert boto3_calls.calls == ["GetObject"]  # one call, retried inside boto3
+        # S3 asked for less: the next calls are boto3's (its adaptive rate limiter paces them), no lean try
+        seen = sum(proxy.counts.values())
+        store.put(f"s3://{bucket}/{key}.json", b"{}")
+        assert store.get(f"s3://{bucket}/{key}.json")[0] == b"{}"
+        assert boto3_calls.calls == ["GetObject", "PutObject", "GetObject"]
+        assert sum(proxy.counts.values()) - seen == 2
+        store._lean()._paused_until = 0.0  # noqa: SLF001 - the pause over (30 s), without waiting for it
+        assert store.get(f"s3://{bucket}/{key}.json")[0] == b"{}"
+        assert boto3_calls.calls == ["GetObject", "PutObject", "GetObject"]  # lean again
 
 
 def test_the_lean_path_is_off_behind_a_proxy_and_by_setting(aws_env, monkeypatch, bucket, storage):

@@ -20,7 +20,9 @@ How it stays correct:
   the caller makes the same call through boto3, which retries (adaptive mode, ``storage.max_attempts``),
   follows redirects and translates the failure as every other call's. A GET is safe to repeat; so is a
   PUT (a conditional one that did land answers 412 the second time, which the result writer already
-  reads as "look at what is there"; an unconditional one writes the same bytes again).
+  reads as "look at what is there"; an unconditional one writes the same bytes again). After S3 asks
+  for fewer requests (503, 429), every call is boto3's for ``THROTTLE_PAUSE_S``: its adaptive mode's
+  rate limiter then paces them, which this path could not.
 * Not used behind an HTTP(S) proxy (boto3 honours the environment's; this path does not), for bodies
   over 1 MiB (boto3 sends those with ``Expect: 100-continue``) or non-ASCII metadata, or with
   ``storage.lean_requests: false``.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import urllib.request
 import zlib
 from email.utils import parsedate_to_datetime
@@ -54,6 +57,11 @@ from vehicle_core.storage.s3 import read_bounded
 MAX_LEAN_BODY = 1 << 20
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/aws4_request")
 _METADATA = "x-amz-meta-"
+#: Answers by which S3 asks for fewer requests (503 SlowDown, 429); after one, the lean path stands aside
+#: for THROTTLE_PAUSE_S so that every request goes through boto3's adaptive retry mode, whose client-side
+#: rate limiter slows down (the lean path has none: it would keep sending at full rate).
+THROTTLED = frozenset({429, 503})
+THROTTLE_PAUSE_S = 30.0
 
 
 class LeanS3:
@@ -66,6 +74,7 @@ class LeanS3:
         self._credentials = session.get_credentials()
         self._buckets: dict[str, tuple[str, str]] = {}  # bucket -> (URL before the key, signing region)
         self._sent: AWSRequest | None = None
+        self._paused_until = 0.0  # time.monotonic() before which every call is boto3's (after a throttle)
         self._pool = urllib3.PoolManager(
             num_pools=8, maxsize=storage.max_pool_connections, block=False, retries=False,
             timeout=urllib3.Timeout(connect=storage.connect_timeout_s, read=storage.read_timeout_s),
@@ -139,7 +148,7 @@ class LeanS3:
     def _send(self, method: str, bucket: str, key: str, body: bytes, headers: dict[str, str]):
         """The 2xx response (body unread), or None: not learnt, another answer, or a transport failure."""
         base, region = self._buckets.get(bucket, (None, None))
-        if base is None:
+        if base is None or time.monotonic() < self._paused_until:
             return None
         request = AWSRequest(method=method, url=base + percent_encode(key, safe="/~"), data=body, headers=headers)
         try:
@@ -155,6 +164,8 @@ class LeanS3:
             return None
         if 200 <= response.status < 300:
             return response
+        if response.status in THROTTLED:  # S3 asks for less: boto3's adaptive rate limiter sends for a while
+            self._paused_until = time.monotonic() + THROTTLE_PAUSE_S
         response.drain_conn()
         response.release_conn()
         return None
