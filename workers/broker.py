@@ -29,7 +29,8 @@ without acks, such as a broadcast's replies); the acks of one turn of the worker
 ZREM + one HDEL, sent ahead of the next pop in its write when they freed the prefetch for it, else on
 their own (:meth:`QoS.flush_acks`; acks pending at a close are forgotten before the close restores the
 rest); a publish batch's LPUSHes to one queue are one LPUSH (:class:`PublishBatch`; the producer's and
-the backfill's too); a text body travels without kombu's base64 (:meth:`Channel.encode_body`). An ack
+the backfill's too); a text body travels without kombu's base64 (:meth:`Channel.encode_body`); a
+pipeline of large messages goes in one write, not in redis-py's pieces (:class:`OneWrite`). An ack
 lost to a connection error before it reached Redis leaves the message recorded: it runs again after
 the visibility timeout, which the idempotent result writes absorb.
 ``tests/workers/test_broker_batches.py`` counts the commands on a real redis-server.
@@ -63,6 +64,8 @@ RECORD_BACKOFF_MAX_S = 5.0
 POP_MAX = 100
 #: Most acks held for one ZREM + HDEL before they go out without waiting for the end of the loop's turn.
 ACK_BATCH_MAX = 500
+#: Largest command or pipeline sent in one write (:class:`OneWrite`); a larger one goes in redis-py's pieces.
+ONE_WRITE_MAX = 1 << 20
 
 
 def _terminating() -> bool:
@@ -262,9 +265,34 @@ def _task_id(message) -> str | None:
         return None
 
 
+class OneWrite:
+    """A redis-py connection (mixed in before its class) that sends a packed command or pipeline in one
+    write. redis-py packs any value over 6,000 bytes as a piece of its own and sends each piece with a
+    ``sendall`` of its own; with ``TCP_NODELAY`` each is a segment of its own, and redis-server, woken by
+    the first, reads the rest in reads (event-loop turns) of their own. A classify message is ~8-11 KB,
+    so a detect batch's hand-on (one LPUSH of four) or a pop's record (one HSET of several) went in
+    nine pieces: `bench broker` counted 4.6 reads per image where the workers send ~2 pipelines, and
+    Redis pays per read (docs/scale.md). Joined, a pipeline is one write: a copy of some tens of KB
+    against the system calls. Above :data:`ONE_WRITE_MAX` redis-py's pieces go as they are."""
+
+    def send_packed_command(self, command, check_health=True):
+        if not isinstance(command, (str, bytes)) and len(command) > 1 \
+                and sum(len(piece) for piece in command) <= ONE_WRITE_MAX:
+            command = [b"".join(command)]
+        return super().send_packed_command(command, check_health)
+
+
+def one_write(connection_class: type) -> type:
+    """``connection_class`` with :class:`OneWrite` mixed in (itself if it has it already)."""
+    if issubclass(connection_class, OneWrite):
+        return connection_class
+    return type(f"OneWrite{connection_class.__name__}", (OneWrite, connection_class), {})
+
+
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel taking up to a prefetch's worth of messages per pop (``BLMPOP … COUNT n``,
-    Redis ≥ 7.0; BRPOP where the server lacks it), publishing one LPUSH per queue per batch."""
+    Redis ≥ 7.0; BRPOP where the server lacks it), publishing one LPUSH per queue per batch, each
+    pipeline in one write (:class:`OneWrite`)."""
 
     QoS = QoS
     _blmpop = True  # until the server says it does not know the command
@@ -276,6 +304,12 @@ class Channel(kombu_redis.Channel):
         #: their messages are never acked, so they are never recorded as unacked either, as in kombu.
         self._no_ack_queues: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def _connparams(self, asynchronous=False):
+        # Whatever class kombu chose (TCP, TLS, a unix socket; its own subclass for the event loop's pool).
+        params = super()._connparams(asynchronous=asynchronous)
+        params["connection_class"] = one_write(params["connection_class"])
+        return params
 
     def basic_consume(self, queue, no_ack=False, *args, **kwargs):
         (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
