@@ -419,14 +419,50 @@ class Channel(kombu_redis.Channel):
         return PublishBatch(self, max_size)
 
 
+_riders = threading.local()
+
+
+@contextlib.contextmanager
+def along_with_publish(rider):
+    """While the block runs, the first publish batch this thread flushes to the Redis server of
+    ``rider.client`` carries ``rider.commands`` (redis-py method name, arguments) in its write, after its
+    messages, and sets ``rider.sent``; one to another server (or none at all) leaves ``sent`` false, for
+    the caller to send them itself. The crash ledger's clearing of a detect batch's marks rides on its
+    hand-on this way (``workers.crash_ledger.Clearing``): a round trip per batch less (docs/scale.md).
+    If the write fails, neither went: the publish raises as ever and ``sent`` stays false."""
+    previous = getattr(_riders, "current", None)
+    _riders.current = rider
+    try:
+        yield rider
+    finally:
+        _riders.current = previous
+
+
+def _server(pool) -> tuple:
+    kwargs = pool.connection_kwargs
+    return tuple(kwargs.get(name) for name in ("host", "port", "path", "db"))
+
+
 class PublishBatch(kombu_redis.PublishBatch):
     """kombu's publish batch (one non-transactional pipeline) whose LPUSHes to one list in a row go out
     as one LPUSH with every message: ``LPUSH q a b c`` leaves the list as three LPUSHes would (``a``
-    popped first), in one command instead of three."""
+    popped first), in one command instead of three; with a rider's commands when one is waiting
+    (:func:`along_with_publish`)."""
 
     def __init__(self, channel, max_size):
         super().__init__(channel, max_size)
         self.pipeline = _CoalescingPipeline(self.pipeline)
+
+    def flush(self):
+        rider = getattr(_riders, "current", None)
+        if rider is None or rider.sent or not self._buffered or \
+                _server(self.pipeline.connection_pool) != _server(rider.client.connection_pool):
+            return super().flush()
+        for name, args in rider.commands:
+            getattr(self.pipeline, name)(*args)
+        super().flush()
+        rider.sent = True
+        return None
 
 
 class _CoalescingPipeline:

@@ -16,7 +16,10 @@ Marks expire (after ``ttl_s`` to ``2 * ttl_s``; ``ttl_s`` is above the visibilit
 message finished elsewhere leaves nothing. They are fields of one hash per time window of ``ttl_s``
 (``vp:in-flight-marks:<window>``, expiring at the end of the next window), not a key each: a batch's
 marks are one HSET (+ EXPIREAT) and are cleared by one HDEL, whatever the batch's size, where a key per
-message cost the broker a SET each (docs/scale.md, "What each lever bought").
+message cost the broker a SET each (docs/scale.md, "What each lever bought"). A detect batch's clearing
+goes in the write of its hand-on to the classify queue when the ledger is the broker's Redis
+(:class:`Clearing`, ``workers.broker.along_with_publish``): nothing after the hand-on can die of these
+images, and the batch costs the broker one round trip less.
 
 Only a redelivered message can have a mark left behind (a delivery that died is the only way to leave
 one, and the broker marks every message it gives back: kombu's Redis transport sets ``redelivered``
@@ -31,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -42,6 +46,18 @@ IN_FLIGHT = "vp:in-flight:"
 CRASHES = "vp:crashes:"
 #: How many windows back a mark can still be: set in window w, its hash expires at the end of w + 1.
 WINDOWS_KEPT = 2
+
+
+@dataclass
+class Clearing:
+    """How one :meth:`CrashLedger.in_flight` window's marks are cleared: ``commands`` (redis-py method
+    name, arguments) for ``client``'s server. A write that goes to that server anyway may carry them
+    (``workers.broker.along_with_publish``: the detect batch's hand-on) and set ``sent``; else the window
+    sends them itself when it closes."""
+
+    client: Any
+    commands: list[tuple[str, tuple]]
+    sent: bool = False
 
 
 class CrashLedger:
@@ -106,22 +122,26 @@ class CrashLedger:
         return given_up, ([fresh] if fresh else []) + [[s] for s in suspects]
 
     @contextlib.contextmanager
-    def in_flight(self, ids: Sequence[str]) -> Iterator[None]:
+    def in_flight(self, ids: Sequence[str]) -> Iterator[Clearing]:
         """Mark ``ids`` in flight for the block; clear the marks (and the counts) only if it returns.
 
         An exception escaping the block leaves the marks: like a death, it counts against these
-        messages at their next delivery, so a bug that fails every time still ends in a result.
+        messages at their next delivery, so a bug that fails every time still ends in a result. The
+        block gets the :class:`Clearing`: a write to the same Redis inside it may carry the clearing
+        (the marks are then gone from that moment, and the block's end sends nothing).
         """
         if not ids:
-            yield
+            yield Clearing(self.client, [], sent=True)
             return
         window = self._window()
         key = MARKS + str(window)
         # Every mark of the window's hash lives at least ttl_s: the hash expires at the end of the next window.
         self.client.pipeline(transaction=False).hset(key, mapping=dict.fromkeys(ids, b"1")).expireat(
             key, int((window + WINDOWS_KEPT) * self.ttl_s)).execute()
-        yield
-        self.forget(ids, marks_key=key)
+        clearing = Clearing(self.client, _clearing_commands(ids, key))
+        yield clearing
+        if not clearing.sent:
+            self.forget(ids, marks_key=key)
 
     def forget(self, ids: Sequence[str], marks_key: str | None = None) -> None:
         """Clear the counts of messages that were answered, and their marks in ``marks_key`` (the hash
@@ -129,9 +149,14 @@ class CrashLedger:
         if not ids:
             return
         pipe = self.client.pipeline(transaction=False)
-        if marks_key is not None:
-            pipe.hdel(marks_key, *ids)
-        pipe.delete(*[CRASHES + i for i in ids]).execute()
+        for name, args in _clearing_commands(ids, marks_key):
+            getattr(pipe, name)(*args)
+        pipe.execute()
+
+
+def _clearing_commands(ids: Sequence[str], marks_key: str | None) -> list[tuple[str, tuple]]:
+    commands = [("hdel", (marks_key, *ids))] if marks_key is not None else []
+    return [*commands, ("delete", tuple(CRASHES + i for i in ids))]
 
 
 def marked(client) -> list[str]:

@@ -53,6 +53,8 @@ from vehicle_core.lazy import module_getattr
 from vehicle_core.messages import CropSet
 from vehicle_core.results.contract import ImageResult, SourceRef
 from workers import batching, dead_letters, logs, metrics, result_writer
+from workers.broker import along_with_publish
+from workers.crash_ledger import Clearing
 from workers.holders import Holders
 from workers.messages import CLASSIFY_TASK, CROP_CHUNK_TASK, DETECT_TASK
 
@@ -149,7 +151,7 @@ def detect_crop(self, requests) -> dict[str, Any]:
                       load=holders.detect.get)
 
 
-def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
+def _detect_group(task, group: list, done: list, requeue: list[str], clearing: Clearing) -> None:
     stage = holders.detect.get()
     prepared, waiting = [], []
     for (request, source), outcome in zip(group, holders.fetchers.get().map(_fetch, group), strict=True):
@@ -190,7 +192,10 @@ def _detect_group(task, group: list, done: list, requeue: list[str]) -> None:
             continue
         messages[request.id] = message
         sending.append((request, crop_set))
-    refused = batching.hand_on_all(task.app, [(request, messages[request.id]) for request, _ in sending])
+    # The batch's in-flight marks are cleared in the hand-on's write when the ledger is the broker's Redis:
+    # nothing after it can die of these images (workers/crash_ledger.py; a round trip per batch less).
+    with along_with_publish(clearing):
+        refused = batching.hand_on_all(task.app, [(request, messages[request.id]) for request, _ in sending])
     for request, crop_set in sending:
         metrics.TASKS.labels(task.name, "error" if crop_set.error else "ok").inc()
         if request.id in refused:  # the broker refused the next step: do it all again later
@@ -302,9 +307,9 @@ def _run_batch(task, requests, stage: str, parse, source_of, run_group, *, load)
         done.append((request, _give_up_crashed(store, source_of(item), crashes)))
         ledger.forget([f"{stage}:{request.id}"])
     for group in groups:
-        with ledger.in_flight([f"{stage}:{request.id}" for request, _ in group]):
+        with ledger.in_flight([f"{stage}:{request.id}" for request, _ in group]) as clearing:
             try:
-                run_group(task, group, done, requeue)
+                run_group(task, group, done, requeue, clearing)
             except Exception as exc:  # noqa: BLE001 - past the group's own handlers (S3, broker, a bug): the
                 # system's fault. Caught inside the window, so the marks clear: not a death of these images.
                 fault = system_fault(exc, f"the {stage} batch")
@@ -333,7 +338,7 @@ def system_fault(exc: BaseException, doing: str) -> VehiclePipelineError:
     return VehiclePipelineError(f"{doing} failed: {type(exc).__name__}: {exc!s:.200}")  # code "internal"
 
 
-def _classify_group(task, group: list, done: list, requeue: list[str]) -> None:
+def _classify_group(task, group: list, done: list, requeue: list[str], _clearing: Clearing) -> None:
     started = time.perf_counter()
     try:
         results = holders.classify.get().run([crop_set for _, crop_set in group])

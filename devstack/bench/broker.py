@@ -12,8 +12,10 @@ cost per image barely fell with the rate: it is per round trip and per byte; doc
   kombu event loop with the detect worker's prefetch (``workers.batching.prefetch_for``), works on
   ``detector.batch_size`` at a time under ``workers.crash_ledger.CrashLedger.in_flight`` (an HSET
   + EXPIREAT to mark a batch, an HDEL + DEL to clear it), hands each image on to the classify queue
-  in one publish batch (a CropSet message of ``--crop-set-bytes``, the size of three crops), and acks;
-* a classify consumer does the same with ``worker.batch_flush_every`` and the classify prefetch, and acks.
+  in one publish batch (a CropSet message of ``--crop-set-bytes``, the size of three crops) whose write
+  carries the marks' clearing (``workers.broker.along_with_publish``, as the detect worker), and acks;
+* a classify consumer does the same with ``worker.batch_flush_every`` and the classify prefetch (its
+  clearing a write of its own, as the classify worker's), and acks.
 
 No Celery worker, no model, no S3: the commands Redis sees per image are the workers' (``by command``:
 compare with ``bench pipeline --fake-models``), so redis-server's ``INFO cpu`` per image at a rate is
@@ -81,7 +83,7 @@ def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_B
     from kombu.asynchronous import Hub
 
     from workers.batching import prefetch_for
-    from workers.broker import TRANSPORT
+    from workers.broker import TRANSPORT, along_with_publish
     from workers.crash_ledger import CrashLedger
 
     settings = _settings(url)
@@ -98,7 +100,7 @@ def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_B
     def work() -> None:
         taken, held[:] = list(held), []
         ids = [m.headers.get("id") or m.delivery_tag for m in taken]
-        with ledger.in_flight(ids):
+        with ledger.in_flight(ids) as clearing:
             if stage == "detect":
                 publish = producer.channel.create_publish_batch(max_size=len(taken) + 1)
                 try:
@@ -106,7 +108,8 @@ def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_B
                         publish.publish(producer.channel.prepare_message(
                             json.dumps(crop_set), 0, "application/json", "utf-8", {}),
                             exchange="", routing_key=next_queue.name)  # as the workers' routes: no binding lookup
-                    publish.flush()
+                    with along_with_publish(clearing):  # the marks' clearing in the hand-on's write, as the worker
+                        publish.flush()
                 finally:
                     publish.close()
         for message in taken:
