@@ -8,8 +8,6 @@ of the transport's connections on a real redis-server and check that what arrive
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import redis
 from kombu import Connection
@@ -18,20 +16,6 @@ from workers import broker
 from workers.broker import TRANSPORT, OneWrite, one_write
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def writes(monkeypatch):
-    """Every ``socket.sendall`` of this process while the test runs: (bytes,) per call."""
-    calls: list[int] = []
-    real = socket.socket.sendall
-
-    def counting(self, data, *args):
-        calls.append(len(data))
-        return real(self, data, *args)
-
-    monkeypatch.setattr(socket.socket, "sendall", counting)
-    return calls
 
 
 def _channel_client(url: str):

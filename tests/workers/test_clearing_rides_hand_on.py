@@ -10,7 +10,6 @@ as before. And the detect task puts its hand-on inside the clearing (the wiring)
 from __future__ import annotations
 
 import json
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -35,19 +34,6 @@ def server(redis_server):
     client.flushall()
     yield redis_server
     client.flushall()
-
-
-@pytest.fixture
-def writes(monkeypatch):
-    calls: list[int] = []
-    real = socket.socket.sendall
-
-    def counting(self, data, *args):
-        calls.append(len(data))
-        return real(self, data, *args)
-
-    monkeypatch.setattr(socket.socket, "sendall", counting)
-    return calls
 
 
 def _spent(client) -> dict[str, int]:
