@@ -28,12 +28,12 @@ import psutil
 import pytest
 import redis
 
-from devstack.processes import kill_process, start_process, stop_process, wait_until
+from devstack.processes import DeadlineExceeded, kill_process, start_process, stop_process, wait_until
 from devstack.s3_proxy import s3_proxy
 from devstack.servers import aws_env, free_port, moto_server, redis_server
 from devstack.stack import start_stack, stop_stack, worker_argv
 from tests.integration.poison.sitecustomize import POISON, SLOW_DETECT_FILE, SLOW_FILE
-from tests.integration.stack import results_under
+from tests.integration.stack import results_under, where_are
 from training.synthetic.scenes import encode, make_scene
 from vehicle_core.results.contract import validate_result
 from workers.crash_ledger import marked
@@ -80,7 +80,12 @@ class Chaos:
             docs = results_under(self.stack.s3, BUCKET)
             return all(k in docs and docs[k]["source"]["etag"] == self.expected[k] for k in keys)
 
-        wait_until(ready, timeout=timeout, what=f"{len(keys)} results", interval=0.5)
+        try:
+            wait_until(ready, timeout=timeout, what=f"{len(keys)} results", interval=0.5)
+        except DeadlineExceeded as exc:
+            docs = results_under(self.stack.s3, BUCKET)
+            missing = [k for k in keys if k not in docs or docs[k]["source"]["etag"] != self.expected[k]]
+            raise DeadlineExceeded(f"{exc}\n{where_are(self.stack, self.broker, missing)}") from None
 
     def worker(self, name: str):
         return next(p for p in self.stack.processes if p.name == name)

@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 import pytest
+import redis
 
-from devstack.processes import wait_until
+from devstack.processes import DeadlineExceeded, wait_until
 from devstack.servers import aws_env, free_port, redis_server
 from devstack.stack import start_stack, stop_stack
-from tests.integration.stack import results_under
+from tests.integration.stack import results_under, where_are
 from training.synthetic.scenes import encode, make_scene
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -75,9 +76,11 @@ def test_twenty_redis_restarts_under_load_lose_nothing(stack):
 
     try:
         wait_until(all_answered, timeout=600, what=f"{len(expected)} results", interval=1.0)
+    except DeadlineExceeded:
+        pass  # which ones, and where they are: the assertion below
     finally:
         docs = results_under(running.s3, BUCKET)
         lost = sorted(k for k, etag in expected.items() if k not in docs or docs[k]["source"]["etag"] != etag)
         print(f"\nredis restarts: {RESTARTS}, images {len(expected)}, lost {len(lost)}, "
-              f"seconds {time.monotonic() - t0:.0f}" + (f"; lost: {lost[:10]}" if lost else ""))
-    assert lost == []
+              f"seconds {time.monotonic() - t0:.0f}")
+    assert lost == [], where_are(running, redis.Redis(port=port), lost)
