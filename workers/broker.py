@@ -66,6 +66,9 @@ POP_MAX = 100
 ACK_BATCH_MAX = 500
 #: Largest command or pipeline sent in one write (:class:`OneWrite`); a larger one goes in redis-py's pieces.
 ONE_WRITE_MAX = 1 << 20
+#: Longest a restore sweep's lock (kombu's ``unacked_mutex``) outlives a sweep that could not release it
+#: (:attr:`Channel.unacked_mutex_expire`).
+RESTORE_MUTEX_S = 10
 
 
 def _terminating() -> bool:
@@ -295,6 +298,14 @@ class Channel(kombu_redis.Channel):
     pipeline in one write (:class:`OneWrite`)."""
 
     QoS = QoS
+    #: The restore sweep's lock (a key with an expiry, kombu's ``Mutex``) keeps the workers from sweeping at
+    #: once; it is held for the milliseconds of one sweep. A sweep that a broker restart cuts short cannot
+    #: release it, and the restarted broker still has it (AOF): with kombu's 300 s no worker sweeps for five
+    #: minutes after such a restart, and a message that was in flight then waits that long on top of its
+    #: visibility timeout (the chaos test's Redis-restart phase gives its images 300 s in all). Two sweeps
+    #: at once are harmless (each message is restored in a WATCH/MULTI transaction: once), so the lock
+    #: only has to outlive a normal sweep.
+    unacked_mutex_expire = RESTORE_MUTEX_S
     _blmpop = True  # until the server says it does not know the command
     _blmpop_sent = False
     _acks_sent: list[str] | tuple = ()  # acks sent ahead of the pending BLMPOP (their replies come first)
