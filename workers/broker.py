@@ -13,6 +13,16 @@ the broker answers, and only then hands it to the worker. While it waits, the br
 the consumer could not do anything else. A cold shutdown (``should_terminate``) ends the wait; that
 one message is then found by ``vehicle-producer reconcile`` (no result: ``missing``).
 
+The server has a window of its own. redis-server stopped (SIGTERM; a crash after its AOF write is the
+same) keeps in its AOF the commands of its last event-loop turn and exits without sending their replies:
+a BLMPOP or BRPOP in that turn has taken its messages, persisted, and no consumer ever gets them. A
+consumer popping while the server stops loses one that way about every other stop (the probe in
+``tests/workers/test_take_atomic.py``; found as images without a result in the Redis-restart tests,
+reproduced with a redis-server whose fsync took 20 ms). So on one list (every worker's queue)
+:class:`Channel` waits with ``BLMOVE q q RIGHT RIGHT``, which takes nothing, and then takes and records
+in one Lua step (:data:`TAKE_LUA`): a message is on its queue or recorded as unacked, never only in a
+reply. A consumer of several lists keeps BLMPOP, and that window.
+
 A second fault of the same family: a batch that celery-batches buffered across a reconnect is acked
 on the channel it came from, which closed with the old connection. kombu's ``QoS.ack`` then asks a
 closed channel for a client (``AttributeError: 'NoneType' object has no attribute 'hostname'``),
@@ -23,9 +33,10 @@ closed channel instead: the message runs again (one duplicate, absorbed by the i
 writes). ``tests/workers/test_broker_closed_channel.py`` shows both.
 
 What the broker pays per message is batched (docs/scale.md): a pop takes up to a prefetch's worth of
-messages (``BLMPOP … COUNT n``; BRPOP where the server has no BLMPOP, Redis < 7.0), recorded together
-in one ZADD + one HSET (:meth:`QoS.record_many`, held and retried like one; never for a queue consumed
-without acks, such as a broadcast's replies); the acks of one turn of the worker's event loop are one
+messages (the take step on one list; ``BLMPOP … COUNT n`` on several; BRPOP where the server has
+neither, Redis < 6.2), recorded together in one ZADD + one HSET (in the take step, or
+:meth:`QoS.record_many`, held and retried like one; never for a queue consumed without acks, such as a
+broadcast's replies); the acks of one turn of the worker's event loop are one
 ZREM + one HDEL, sent ahead of the next pop in its write when they freed the prefetch for it, else on
 their own (:meth:`QoS.flush_acks`; acks pending at a close are forgotten before the close restores the
 rest); a publish batch's LPUSHes to one queue are one LPUSH (:class:`PublishBatch`; the producer's and
@@ -292,10 +303,53 @@ def one_write(connection_class: type) -> type:
     return type(f"OneWrite{connection_class.__name__}", (OneWrite, connection_class), {})
 
 
+#: Takes up to ARGV[1] messages off the queue KEYS[3] and records them as unacked (KEYS[1] the index,
+#: KEYS[2] the hash; score ARGV[2]; restored to queue ARGV[3] through the anonymous exchange) in one
+#: atomic step: a message is on its queue or recorded, never only in a reply (:meth:`Channel._take`).
+#: A payload's tag is the last ``"delivery_tag": "…"`` in its JSON's last KB (kombu's envelope ends with
+#: its properties; inside the body every quote is escaped, so the body cannot hold that text), else
+#: cjson's; a payload with none fails the step before anything is written.
+TAKE_LUA = """
+local tail = redis.call('LRANGE', KEYS[3], -tonumber(ARGV[1]), -1)
+if #tail == 0 then return false end
+local items, scores, records = {}, {}, {}
+local route = ', "", ' .. cjson.encode(ARGV[3]) .. ']'
+for i = #tail, 1, -1 do  -- the tail's last first, as RPOP takes them
+  local payload = tail[i]
+  local tag, at = nil, math.max(1, #payload - 1024)  -- the properties close the envelope: search its end
+  while true do
+    local s, e = string.find(payload, '"delivery_tag": "', at, true)
+    if not s then break end
+    local close = string.find(payload, '"', e + 1, true)
+    if not close then break end
+    tag, at = string.sub(payload, e + 1, close - 1), close + 1
+  end
+  if not tag then
+    local ok, message = pcall(cjson.decode, payload)
+    tag = ok and type(message) == 'table' and type(message['properties']) == 'table'
+      and message['properties']['delivery_tag'] or nil
+  end
+  if type(tag) ~= 'string' then  -- nothing written yet: the queue is as it was
+    return redis.error_reply('vp-take: a message on ' .. ARGV[3] .. ' has no delivery_tag')
+  end
+  items[#items + 1] = payload
+  scores[#scores + 1] = ARGV[2]
+  scores[#scores + 1] = tag
+  records[#records + 1] = tag
+  records[#records + 1] = '[' .. payload .. route
+end
+redis.call('LTRIM', KEYS[3], 0, -(#tail + 1))
+redis.call('ZADD', KEYS[1], unpack(scores))
+redis.call('HSET', KEYS[2], unpack(records))
+return items
+"""
+
+
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel taking up to a prefetch's worth of messages per pop (``BLMPOP … COUNT n``,
-    Redis ≥ 7.0; BRPOP where the server lacks it), publishing one LPUSH per queue per batch, each
-    pipeline in one write (:class:`OneWrite`)."""
+    """kombu's Redis channel taking up to a prefetch's worth of messages per pop (on one list: a BLMOVE
+    that takes nothing, then the take step, :data:`TAKE_LUA`; on several: ``BLMPOP … COUNT n``, Redis ≥
+    7.0; BRPOP where the server lacks them), publishing one LPUSH per queue per batch, each pipeline in
+    one write (:class:`OneWrite`)."""
 
     QoS = QoS
     #: The restore sweep's lock (a key with an expiry, kombu's ``Mutex``) keeps the workers from sweeping at
@@ -326,13 +380,28 @@ class Channel(kombu_redis.Channel):
         (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _deliver_all(self, payloads: list[dict], dest: str) -> None:
-        """Record one pop's messages (unless their queue is consumed without acks), then hand each on.
-        A delivery that raises does not keep the rest of the pop from theirs; the first error is raised
-        after (each is recorded, so none is lost either way)."""
+    def _take(self, queue: str):
+        """Up to a prefetch's worth of ``queue``'s messages, taken and recorded as unacked in one atomic
+        step (:data:`TAKE_LUA`): ``(queue, [payload, ...])``, or None when another consumer was first."""
+        if self._take_script is None:
+            Channel._take_script = self.client.register_script(TAKE_LUA)
+        items = self._take_script(keys=[self.unacked_index_key, self.unacked_key, queue],
+                                  args=[self._pop_count(), time.time(), queue], client=self.client)
+        return (queue, items) if items else None
+
+    _take_queue: str | None = None
+    _take_script = None
+
+    def _deliver_all(self, payloads: list[dict], dest: str, *, recorded: bool = False) -> None:
+        """Record one pop's messages (unless their queue is consumed without acks, or ``recorded``: taken
+        and recorded in one step), then hand each on. A delivery that raises does not keep the rest of the
+        pop from theirs; the first error is raised after (each is recorded, so none is lost either way)."""
         tags = []
         if dest not in self._no_ack_queues:
-            self.qos.record_many(payloads)
+            if recorded:
+                self.qos._recorded.update(payload["properties"]["delivery_tag"] for payload in payloads)
+            else:
+                self.qos.record_many(payloads)
             tags = [payload["properties"]["delivery_tag"] for payload in payloads]
         error = None
         try:
@@ -375,7 +444,16 @@ class Channel(kombu_redis.Channel):
                 for queue in queues]
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
-        pop = ("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", self._pop_count())
+        # One queue (every worker here): wait without taking (BLMOVE from the list's tail to itself leaves
+        # it as it was), then take and record in one atomic step (:meth:`_take`). BLMPOP takes for good: a
+        # server stopped right after executing it keeps the pop (AOF) and never sends the reply, and the
+        # message is gone (tests/workers/test_take_atomic.py). Several queues: BLMPOP, with that window.
+        self._take_queue = queues[0] if len(keys) == 1 and not self.global_keyprefix \
+            and queues[0] not in self._no_ack_queues else None
+        if self._take_queue is not None:
+            pop = ("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", timeout or 0)
+        else:
+            pop = ("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", self._pop_count())
         # The acks of the batch that freed the prefetch for this pop go ahead of it, in the same write.
         acks = self._acks_sent = self.qos.take_pending_acks()
         try:
@@ -404,7 +482,12 @@ class Channel(kombu_redis.Channel):
                     except redis.ResponseError as exc:  # the pop's reply still follows: read it
                         log.warning("could not forget %d acked message(s) (%r): they come back after the "
                                     "visibility timeout and run again", len(acks), exc)
-                reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
+                if self._take_queue is None:
+                    reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
+                elif self.client.parse_response(self.client.connection, "BLMOVE", **options) is None:
+                    reply = None
+                else:  # something is there: take it (recorded by the same step)
+                    reply = self._take(self._take_queue)
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next poll reconnects, as kombu does
                 raise
@@ -412,7 +495,8 @@ class Channel(kombu_redis.Channel):
                 if "unknown command" not in str(exc).lower():
                     raise
                 self._blmpop = False
-                log.warning("the Redis broker has no BLMPOP (Redis < 7.0): taking one message per BRPOP (%s)", exc)
+                log.warning("the Redis broker lacks BLMOVE or BLMPOP (Redis < 6.2, < 7.0): taking one message per "
+                            "BRPOP (%s)", exc)
                 raise Empty() from exc
             if not reply:
                 raise Empty()
@@ -420,7 +504,7 @@ class Channel(kombu_redis.Channel):
             dest = bytes_to_str(key)[len(self.global_keyprefix):].rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             payloads = [loads(bytes_to_str(item)) for item in items]
-            self._deliver_all(payloads, dest)
+            self._deliver_all(payloads, dest, recorded=self._take_queue is not None)
             return True
         finally:
             self._in_poll = None

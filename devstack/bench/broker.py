@@ -85,6 +85,7 @@ def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_B
     from workers.batching import prefetch_for
     from workers.broker import TRANSPORT, along_with_publish
     from workers.crash_ledger import CrashLedger
+    from workers.messages import transport_options
 
     settings = _settings(url)
     queue_name = settings.broker.detect_queue if stage == "detect" else settings.broker.classify_queue
@@ -94,7 +95,8 @@ def _consumer(url: str, stage: str, done, stop, crop_set_bytes: int = CROP_SET_B
                        settings.broker.classify_queue)
     crop_set = {"crops": "x" * crop_set_bytes}
     hub, held = Hub(), []
-    conn = Connection(url, transport=TRANSPORT)
+    # The workers' transport options (one priority step: a queue is one list), as workers.app sets them.
+    conn = Connection(url, transport=TRANSPORT, transport_options=transport_options(settings.broker))
     producer = conn.Producer(serializer="json")
 
     def work() -> None:

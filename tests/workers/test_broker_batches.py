@@ -2,7 +2,9 @@
 redis-server itself (``INFO commandstats``), through kombu's event loop as a Celery worker drives it:
 
 * a pop takes up to a prefetch's worth of messages (``BLMPOP … COUNT n``) and records them all as
-  unacked in one round trip (one ZADD, one HSET), in the order they were published;
+  unacked in one round trip (one ZADD, one HSET), in the order they were published; on one list (a
+  worker's queue) it waits with a BLMOVE that takes nothing, then takes and records in one Lua step
+  (``workers.broker.TAKE_LUA``: one LRANGE, LTRIM, ZADD and HSET), in two round trips as well;
 * the acks of one turn of the event loop go out as one ZREM and one HDEL, ahead of the next pop in the
   same write when they freed the prefetch for it (no round trip of their own);
 * a publish batch's messages to one queue are one LPUSH, the producer's and the backfill's
@@ -30,7 +32,10 @@ from workers.broker import TRANSPORT
 pytestmark = pytest.mark.integration
 
 QUEUE = "batches"
-COUNTED = ("blmpop", "brpop", "zadd", "hset", "zrem", "hdel", "lpush")
+# (not EVALSHA: the restore sweep's lock is released by one too; the take script's LRANGE and LTRIM show it)
+COUNTED = ("blmpop", "brpop", "blmove", "lrange", "ltrim", "zadd", "hset", "zrem", "hdel", "lpush")
+#: The workers' transport options: one priority step, so a worker's queue is one list (workers.messages).
+ONE_LIST = {"priority_steps": [0]}
 
 
 @pytest.fixture
@@ -63,9 +68,9 @@ def _publish(url: str, bodies: list[dict]) -> None:
 class _Loop:
     """A kombu event loop (``Hub``) consuming one queue with a prefetch limit, as a Celery worker does."""
 
-    def __init__(self, url: str, prefetch: int, no_ack: bool = False) -> None:
+    def __init__(self, url: str, prefetch: int, no_ack: bool = False, options: dict | None = None) -> None:
         self.hub = Hub()
-        self.conn = Connection(url, transport=TRANSPORT)
+        self.conn = Connection(url, transport=TRANSPORT, transport_options=options or {})
         self.received: list = []
         self.consumer = Consumer(self.conn, [_queue()], accept=["json"], no_ack=no_ack,
                                  callbacks=[lambda body, message: self.received.append(message)])
@@ -122,6 +127,33 @@ def test_one_pop_one_record_one_ack_round_and_one_lpush_for_a_batch(redis_server
     finally:
         loop.close()
     assert client.llen(QUEUE) == 12 and client.hlen("unacked") == 0  # the 8 unacked at close went back
+
+
+def test_on_one_list_a_pop_waits_without_taking_then_takes_and_records_in_one_step(redis_server, client):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    bodies = [{"n": n} for n in range(20)]
+    _publish(url, bodies)
+    client.config_resetstat()
+    loop = _Loop(url, prefetch=8, options=ONE_LIST)
+    try:
+        loop.until(lambda: len(loop.received) >= 8)
+        assert [m.payload for m in loop.received] == bodies[:8]  # first in, first out
+        # two round trips (BLMOVE, then the script: Redis counts the commands it calls)
+        assert _spent(client) == {"blmove": 1, "lrange": 1, "ltrim": 1, "zadd": 1, "hset": 1}
+        assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8 and client.llen(QUEUE) == 12
+        for message in loop.received:  # restored to its queue through the anonymous exchange
+            assert json.loads(client.hget("unacked", message.delivery_tag)) == [message._raw, "", QUEUE]
+        first = list(loop.received)
+        first[0].reject(requeue=True)  # back on its queue (the end of the line, as kombu requeues)
+        assert client.llen(QUEUE) == 13 and not client.hexists("unacked", first[0].delivery_tag)
+        for message in first[1:]:
+            message.ack()
+        loop.until(lambda: len(loop.received) >= 16)
+        assert [m.payload for m in loop.received[8:]] == bodies[8:16]
+        assert not any(client.hexists("unacked", m.delivery_tag) for m in first[1:])
+    finally:
+        loop.close()
+    assert client.llen(QUEUE) == 13 and client.hlen("unacked") == 0  # the 8 unacked at close went back
 
 
 def test_an_ack_just_before_the_close_is_forgotten_not_restored(redis_server, client):
