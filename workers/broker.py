@@ -144,7 +144,11 @@ class QoS(kombu_redis.QoS):
 
         first = _Raw(payloads[0])
         self._until_recorded(record, first.tag, first, len(payloads))
-        self._recorded.update(index)
+        self.mark_recorded(index)
+
+    def mark_recorded(self, tags) -> None:
+        """Tags that the server recorded as unacked with their pop (``Channel._take``): appended in memory only."""
+        self._recorded.update(tags)
 
     def forget_recorded(self, tags) -> None:
         """Drop what :meth:`record_many` kept in memory for tags that were not appended."""
@@ -398,11 +402,11 @@ class Channel(kombu_redis.Channel):
         pop from theirs; the first error is raised after (each is recorded, so none is lost either way)."""
         tags = []
         if dest not in self._no_ack_queues:
+            tags = [payload["properties"]["delivery_tag"] for payload in payloads]
             if recorded:
-                self.qos._recorded.update(payload["properties"]["delivery_tag"] for payload in payloads)
+                self.qos.mark_recorded(tags)
             else:
                 self.qos.record_many(payloads)
-            tags = [payload["properties"]["delivery_tag"] for payload in payloads]
         error = None
         try:
             for payload in payloads:
