@@ -20,8 +20,8 @@ consumer popping while the server stops loses one that way about every other sto
 ``tests/workers/test_take_atomic.py``; found as images without a result in the Redis-restart tests,
 reproduced with a redis-server whose fsync took 20 ms). So on one list (every worker's queue)
 :class:`Channel` waits with ``BLMOVE q q RIGHT RIGHT``, which takes nothing, and then takes and records
-in one Lua step (:data:`TAKE_LUA`): a message is on its queue or recorded as unacked, never only in a
-reply. A consumer of several lists keeps BLMPOP, and that window.
+in one Lua step (:data:`TAKE_LUA`), sent in the BLMOVE's write and run by the server the moment the wait
+returns: a message is on its queue or recorded as unacked, never only in a reply. A consumer of several lists keeps BLMPOP, and that window.
 
 A second fault of the same family: a batch that celery-batches buffered across a reconnect is acked
 on the channel it came from, which closed with the old connection. kombu's ``QoS.ack`` then asks a
@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -348,10 +349,13 @@ redis.call('HSET', KEYS[2], unpack(records))
 return items
 """
 
+#: The SHA1 that EVALSHA names :data:`TAKE_LUA` by.
+TAKE_SHA = hashlib.sha1(TAKE_LUA.encode()).hexdigest()
+
 
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel taking up to a prefetch's worth of messages per pop (on one list: a BLMOVE
-    that takes nothing, then the take step, :data:`TAKE_LUA`; on several: ``BLMPOP … COUNT n``, Redis ≥
+    that takes nothing, then the take step, :data:`TAKE_LUA`, in one write; on several: ``BLMPOP … COUNT n``, Redis ≥
     7.0; BRPOP where the server lacks them), publishing one LPUSH per queue per batch, each pipeline in
     one write (:class:`OneWrite`)."""
 
@@ -384,13 +388,46 @@ class Channel(kombu_redis.Channel):
         (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
+    def _take_command(self, queue: str) -> tuple:
+        """The take step (:data:`TAKE_LUA`) for up to a prefetch's worth of ``queue``'s messages, as an
+        EVALSHA to send after the BLMOVE that waits (:meth:`_brpop_start`). Its score (the time the
+        restore sweep counts ``broker.visibility_timeout_s`` from) is the send's, up to the BLMOVE's
+        timeout (``brpop_timeout``, 1 s) before the take."""
+        return ("EVALSHA", TAKE_SHA, 3, self.unacked_index_key, self.unacked_key, queue,
+                self._pop_count(), time.time(), queue)
+
     def _take(self, queue: str):
         """Up to a prefetch's worth of ``queue``'s messages, taken and recorded as unacked in one atomic
-        step (:data:`TAKE_LUA`): ``(queue, [payload, ...])``, or None when another consumer was first."""
+        step (:data:`TAKE_LUA`), the script loaded first if the server lacks it (a restarted server's
+        cache is empty): ``(queue, [payload, ...])``, or None when the queue is empty."""
         if self._take_script is None:
             Channel._take_script = self.client.register_script(TAKE_LUA)
         items = self._take_script(keys=[self.unacked_index_key, self.unacked_key, queue],
                                   args=[self._pop_count(), time.time(), queue], client=self.client)
+        return (queue, items) if items else None
+
+    def _read_take(self, queue: str, **options):
+        """The replies of the BLMOVE and the take sent after it: ``(queue, [payload, ...])`` or None.
+        Whatever the BLMOVE answered, the take ran after it: its messages are taken and recorded, so
+        they are delivered before any error of the BLMOVE is raised."""
+        client, connection = self.client, self.client.connection
+        wait_error = items = None
+        try:
+            client.parse_response(connection, "BLMOVE", **options)
+        except redis.ResponseError as exc:  # an unknown command (Redis < 6.2), a key of another type
+            wait_error = exc
+        try:
+            items = client.parse_response(connection, "EVALSHA", **options)
+        except redis.exceptions.NoScriptError:  # a restarted server: it took nothing; load it and take
+            reply = self._take(queue) if wait_error is None else None
+            items = reply[1] if reply else None
+        if wait_error is not None and not items:
+            raise wait_error
+        if wait_error is not None:  # the BLMOVE failed but the take took: hand these on
+            log.warning("the wait before a take failed (%s); the take took %d message(s)", wait_error, len(items))
+            if "unknown command" in str(wait_error).lower():
+                self._blmpop = False
+                log.warning("the Redis broker lacks BLMOVE (Redis < 6.2): taking one message per BRPOP")
         return (queue, items) if items else None
 
     _take_queue: str | None = None
@@ -449,24 +486,28 @@ class Channel(kombu_redis.Channel):
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         # One queue (every worker here): wait without taking (BLMOVE from the list's tail to itself leaves
-        # it as it was), then take and record in one atomic step (:meth:`_take`). BLMPOP takes for good: a
-        # server stopped right after executing it keeps the pop (AOF) and never sends the reply, and the
-        # message is gone (tests/workers/test_take_atomic.py). Several queues: BLMPOP, with that window.
+        # it as it was), then take and record in one atomic step (:data:`TAKE_LUA`), sent in the same write:
+        # redis-server runs a client's next command as soon as its blocking one returns, so the take runs
+        # the moment something is there, with no round trip between. BLMPOP takes for good: a server
+        # stopped right after executing it keeps the pop (AOF) and never sends the reply, and the message is
+        # gone (tests/workers/test_take_atomic.py). Several queues: BLMPOP, with that window.
         self._take_queue = queues[0] if len(keys) == 1 and not self.global_keyprefix \
             and queues[0] not in self._no_ack_queues else None
         if self._take_queue is not None:
-            pop = ("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", timeout or 0)
+            pop = [("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", timeout or 0),
+                   self._take_command(self._take_queue)]
         else:
-            pop = ("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", self._pop_count())
+            pop = [("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", self._pop_count())]
         # The acks of the batch that freed the prefetch for this pop go ahead of it, in the same write.
         acks = self._acks_sent = self.qos.take_pending_acks()
+        if acks:
+            prefix = self.global_keyprefix
+            pop[:0] = [("ZREM", prefix + self.unacked_index_key, *acks), ("HDEL", prefix + self.unacked_key, *acks)]
         try:
-            if acks:
-                prefix = self.global_keyprefix
-                connection.send_packed_command(connection.pack_commands([
-                    ("ZREM", prefix + self.unacked_index_key, *acks), ("HDEL", prefix + self.unacked_key, *acks), pop]))
+            if len(pop) > 1:
+                connection.send_packed_command(connection.pack_commands(pop))
             else:
-                connection.send_command(*pop)
+                connection.send_command(*pop[0])
         except BaseException:
             self._acks_sent = []
             self.qos.give_back_acks(acks)
@@ -476,8 +517,8 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options):
         if not self._blmpop_sent:
             return super()._brpop_read(**options)
-        self._blmpop_sent = False
         acks, self._acks_sent = self._acks_sent, []
+        waiting = False
         try:
             try:
                 for command in ("ZREM", "HDEL") if acks else ():
@@ -486,12 +527,17 @@ class Channel(kombu_redis.Channel):
                     except redis.ResponseError as exc:  # the pop's reply still follows: read it
                         log.warning("could not forget %d acked message(s) (%r): they come back after the "
                                     "visibility timeout and run again", len(acks), exc)
+                # The acks' replies came at once; the pop's comes when something is there (or at its time-out).
+                # Reading it now would hold the worker's event loop until then: the poll goes on instead, and
+                # this runs again when its reply makes the socket readable.
+                if acks and not self.client.connection.can_read(timeout=0):
+                    waiting = True
+                    raise Empty()
+                self._blmpop_sent = False
                 if self._take_queue is None:
                     reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
-                elif self.client.parse_response(self.client.connection, "BLMOVE", **options) is None:
-                    reply = None
-                else:  # something is there: take it (recorded by the same step)
-                    reply = self._take(self._take_queue)
+                else:  # the take that followed the BLMOVE (recorded by the same step)
+                    reply = self._read_take(self._take_queue, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next poll reconnects, as kombu does
                 raise
@@ -511,8 +557,10 @@ class Channel(kombu_redis.Channel):
             self._deliver_all(payloads, dest, recorded=self._take_queue is not None)
             return True
         finally:
-            self._in_poll = None
-            self._flush_brpop_reauth()
+            if not waiting:
+                self._blmpop_sent = False
+                self._in_poll = None
+                self._flush_brpop_reauth()
 
     def create_publish_batch(self, max_size):
         return PublishBatch(self, max_size)

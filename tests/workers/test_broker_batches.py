@@ -3,8 +3,9 @@ redis-server itself (``INFO commandstats``), through kombu's event loop as a Cel
 
 * a pop takes up to a prefetch's worth of messages (``BLMPOP … COUNT n``) and records them all as
   unacked in one round trip (one ZADD, one HSET), in the order they were published; on one list (a
-  worker's queue) it waits with a BLMOVE that takes nothing, then takes and records in one Lua step
-  (``workers.broker.TAKE_LUA``: one LRANGE, LTRIM, ZADD and HSET), in two round trips as well;
+  worker's queue) it waits with a BLMOVE that takes nothing, and the take sent in the same write runs
+  the moment it returns, taking and recording in one Lua step (``workers.broker.TAKE_LUA``: one LRANGE,
+  LTRIM, ZADD and HSET): one round trip, and the server takes without waiting for the client;
 * the acks of one turn of the event loop go out as one ZREM and one HDEL, ahead of the next pop in the
   same write when they freed the prefetch for it (no round trip of their own);
 * a publish batch's messages to one queue are one LPUSH, the producer's and the backfill's
@@ -26,8 +27,9 @@ import redis
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.asynchronous import Hub
 
+from devstack.processes import wait_until
 from devstack.servers import redis_server as start_redis
-from workers.broker import TRANSPORT
+from workers.broker import TAKE_LUA, TRANSPORT
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +140,7 @@ def test_on_one_list_a_pop_waits_without_taking_then_takes_and_records_in_one_st
     try:
         loop.until(lambda: len(loop.received) >= 8)
         assert [m.payload for m in loop.received] == bodies[:8]  # first in, first out
-        # two round trips (BLMOVE, then the script: Redis counts the commands it calls)
+        # the BLMOVE, then the script (Redis counts the commands it calls)
         assert _spent(client) == {"blmove": 1, "lrange": 1, "ltrim": 1, "zadd": 1, "hset": 1}
         assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8 and client.llen(QUEUE) == 12
         for message in loop.received:  # restored to its queue through the anonymous exchange
@@ -154,6 +156,78 @@ def test_on_one_list_a_pop_waits_without_taking_then_takes_and_records_in_one_st
     finally:
         loop.close()
     assert client.llen(QUEUE) == 13 and client.hlen("unacked") == 0  # the 8 unacked at close went back
+
+
+def _blocked(client: redis.Redis) -> int:
+    return client.info("clients")["blocked_clients"]
+
+
+def test_on_one_list_the_take_runs_when_the_wait_returns_without_the_client(redis_server, client):
+    """The take goes in the BLMOVE's write: what arrives while a consumer waits is taken and recorded
+    by the server before the consumer reads anything, and handed on once it does."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    client.script_load(TAKE_LUA)  # (a server without it: the next test)
+    loop = _Loop(url, prefetch=4, options={**ONE_LIST, "polling_interval": 60})  # the wait: no time-out in the test
+    try:
+        loop.until(lambda: _blocked(client) == 1)  # its BLMOVE waits on the empty queue
+        _publish(url, [{"n": n} for n in range(6)])
+        # the loop is not run: the server alone takes the prefetch's four and records them
+        wait_until(lambda: client.hlen("unacked") == 4, timeout=30, what="the take, done by the server")
+        assert client.llen(QUEUE) == 2 and client.zcard("unacked_index") == 4 and not loop.received
+        loop.until(lambda: len(loop.received) == 4)
+        assert [m.payload for m in loop.received] == [{"n": n} for n in range(4)]
+        assert {m.delivery_tag for m in loop.received} == {t.decode() for t in client.hkeys("unacked")}
+    finally:
+        loop.close()
+    assert client.llen(QUEUE) == 6 and client.hlen("unacked") == 0  # the 4 unacked at close went back
+
+
+def test_on_one_list_a_server_without_the_take_script_loaded_still_serves_it(redis_server, client):
+    """A restarted server has no scripts: the EVALSHA after the wait fails (NOSCRIPT) having taken
+    nothing, and the consumer loads the script and takes."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    loop = _Loop(url, prefetch=8, options={**ONE_LIST, "polling_interval": 60})  # the wait: no time-out in the test
+    try:
+        _publish(url, [{"n": n} for n in range(3)])
+        loop.until(lambda: len(loop.received) == 3)
+        for message in loop.received:
+            message.ack()
+        loop.until(lambda: client.hlen("unacked") == 0 and _blocked(client) == 1)
+        client.config_resetstat()
+        client.script_flush()  # the take waits behind the BLMOVE: it will not find the script
+        _publish(url, [{"n": n} for n in range(3, 6)])
+        loop.until(lambda: len(loop.received) == 6)
+        assert client.info("errorstats")["errorstat_NOSCRIPT"]["count"] >= 1  # (the restore sweep's lock has a script too)
+        assert [m.payload["n"] for m in loop.received] == list(range(6))
+        assert client.hlen("unacked") == 3 and client.llen(QUEUE) == 0
+    finally:
+        loop.close()
+
+
+def test_on_one_list_a_server_without_blmove_hands_on_what_the_take_took_then_uses_brpop():
+    """Redis < 6.2 has no BLMOVE: the take sent after it runs anyway and its messages (recorded) are
+    handed on; then BRPOP, one message at a time."""
+    with start_redis(extra_args=["--rename-command", "BLMOVE", ""]) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        client = redis.Redis(port=server.port)
+        _publish(url, [{"n": n} for n in range(5)])
+        client.script_load(TAKE_LUA)  # (else the take finds no script, and the consumer goes to BRPOP at once)
+        client.config_resetstat()
+        loop = _Loop(url, prefetch=3, options=ONE_LIST)
+        try:
+            loop.until(lambda: len(loop.received) == 3)  # the take's three
+            assert _spent(client) == {"lrange": 1, "ltrim": 1, "zadd": 1, "hset": 1}
+            for message in loop.received:
+                message.ack()
+            loop.until(lambda: len(loop.received) == 5)
+            assert [m.payload["n"] for m in loop.received] == list(range(5))
+            assert _spent(client)["brpop"] >= 2
+            for message in loop.received[3:]:
+                message.ack()
+            loop.until(lambda: client.hlen("unacked") == 0)
+        finally:
+            loop.close()
+        assert client.llen(QUEUE) == 0
 
 
 def test_an_ack_just_before_the_close_is_forgotten_not_restored(redis_server, client):
