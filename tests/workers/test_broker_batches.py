@@ -204,6 +204,26 @@ def test_on_one_list_a_server_without_the_take_script_loaded_still_serves_it(red
         loop.close()
 
 
+def test_a_pop_that_carried_acks_leaves_the_event_loop_free_while_it_waits(redis_server, client):
+    """The acks ride ahead of the next pop and their replies come at once; the pop's comes only when a
+    message arrives. The loop reads the acks' and goes on (its timers run) instead of waiting there."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    loop = _Loop(url, prefetch=2, options={**ONE_LIST, "polling_interval": 60})  # the wait: no time-out in the test
+    fired = []
+    try:
+        _publish(url, [{"n": 0}, {"n": 1}])
+        loop.until(lambda: len(loop.received) == 2)  # the prefetch is full: no pop waits
+        for message in loop.received:
+            message.ack()  # frees it: the next pop carries these acks, then waits on the empty queue
+        loop.until(lambda: client.hlen("unacked") == 0 and _blocked(client) == 1)
+        loop.hub.call_later(0.2, lambda: fired.append(True))
+        loop.until(lambda: fired, timeout_s=20)  # the loop is not held by the waiting pop
+        _publish(url, [{"n": 2}])
+        loop.until(lambda: len(loop.received) == 3)
+    finally:
+        loop.close()
+
+
 def test_on_one_list_a_server_without_blmove_hands_on_what_the_take_took_then_uses_brpop():
     """Redis < 6.2 has no BLMOVE: the take sent after it runs anyway and its messages (recorded) are
     handed on; then BRPOP, one message at a time."""
