@@ -246,6 +246,10 @@ class QoS(kombu_redis.QoS):
             log.warning("could not forget %d acked message(s) (%r): they come back after the visibility timeout "
                         "and run again", len(tags), exc)
 
+    def restore_by_tag(self, tag, client=None, leftmost=False):
+        """kombu's, reading either form of record (:func:`unacked_record`)."""
+        _restore_recorded(self.channel, tag, client, leftmost, lambda pipe: self._remove_from_indices(tag, pipe))
+
     def restore_unacked_once(self, stderr=None):
         # At exit (a multiprocessing finalizer) or on close: with the connection gone there is nothing to
         # restore through; the messages stay recorded as unacked, and come back after the visibility timeout.
@@ -258,6 +262,40 @@ class QoS(kombu_redis.QoS):
             with contextlib.suppress(*self.channel.connection_errors), self.pipe_or_acquire() as pipe:
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
         return super().restore_unacked_once(stderr)
+
+
+def unacked_record(raw) -> tuple[dict, str, str]:
+    """A record of the unacked hash as ``(message, exchange, routing_key)``: kombu's own record (the list
+    ``[message, exchange, routing_key]``, written by kombu and :meth:`QoS.record_many`), or the message
+    alone (the take step's, :data:`TAKE_LUA`), which goes back where it was published to (its
+    ``delivery_info``), as kombu restores its own."""
+    record = loads(bytes_to_str(raw))
+    if isinstance(record, dict):
+        info = (record.get("properties") or {}).get("delivery_info") or {}
+        return record, info.get("exchange") or "", info.get("routing_key") or ""
+    message, exchange, routing_key = record
+    return message, exchange, routing_key
+
+
+def _restore_recorded(channel, tag: str, client, leftmost: bool, forget) -> None:
+    """Put the message recorded under ``tag`` back on its queue and ``forget(pipe)`` its record, in one
+    WATCH/MULTI transaction (kombu's restore, reading either record: :func:`unacked_record`). A message
+    whose exchange has no binding left goes to the queue its routing key names, not nowhere."""
+
+    def restore_transaction(pipe):
+        raw = pipe.hget(channel.unacked_key, tag)
+        pipe.multi()
+        forget(pipe)
+        if raw:
+            message, exchange, routing_key = unacked_record(raw)
+            if exchange and not channel._lookup(exchange, routing_key):
+                log.warning("message %s: exchange %r has no binding for %r left; restored to queue %r",
+                            tag, exchange, routing_key, routing_key)
+                exchange = ""
+            channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+    with channel.conn_or_acquire(client) as acquired:
+        acquired.transaction(restore_transaction, channel.unacked_key)
 
 
 class _Raw:
@@ -308,17 +346,19 @@ def one_write(connection_class: type) -> type:
     return type(f"OneWrite{connection_class.__name__}", (OneWrite, connection_class), {})
 
 
-#: Takes up to ARGV[1] messages off the queue KEYS[3] and records them as unacked (KEYS[1] the index,
-#: KEYS[2] the hash; score ARGV[2]; restored to queue ARGV[3] through the anonymous exchange) in one
-#: atomic step: a message is on its queue or recorded, never only in a reply (:meth:`Channel._take`).
-#: A payload's tag is the last ``"delivery_tag": "…"`` in its JSON's last KB (kombu's envelope ends with
-#: its properties; inside the body every quote is escaped, so the body cannot hold that text), else
-#: cjson's; a payload with none fails the step before anything is written.
+#: Takes up to ARGV[1] messages off the queue KEYS[3] (named ARGV[3] in errors) and records them as
+#: unacked (KEYS[1] the index, score ARGV[2]; KEYS[2] the hash, each record the message itself, restored
+#: where it was published to: :func:`unacked_record`) in one atomic step: a message is on its queue or
+#: recorded, never only in a reply (:meth:`Channel._take`). A payload's tag is the last
+#: ``"delivery_tag": "…"`` in its JSON's last KB (kombu's envelope ends with its properties; inside the
+#: body every quote is escaped, so the body cannot hold that text), else cjson's; a payload with none
+#: fails the step before anything is written. Every string the script makes costs Redis a hash of each of
+#: its bytes (a CropSet message is ~10.5 KB): the record is the LRANGE's string as it is, not kombu's
+#: ``[message, exchange, routing_key]`` built around it (docs/scale.md).
 TAKE_LUA = """
 local tail = redis.call('LRANGE', KEYS[3], -tonumber(ARGV[1]), -1)
 if #tail == 0 then return false end
 local items, scores, records = {}, {}, {}
-local route = ', "", ' .. cjson.encode(ARGV[3]) .. ']'
 for i = #tail, 1, -1 do  -- the tail's last first, as RPOP takes them
   local payload = tail[i]
   local tag, at = nil, math.max(1, #payload - 1024)  -- the properties close the envelope: search its end
@@ -341,7 +381,7 @@ for i = #tail, 1, -1 do  -- the tail's last first, as RPOP takes them
   scores[#scores + 1] = ARGV[2]
   scores[#scores + 1] = tag
   records[#records + 1] = tag
-  records[#records + 1] = '[' .. payload .. route
+  records[#records + 1] = payload
 end
 redis.call('LTRIM', KEYS[3], 0, -(#tail + 1))
 redis.call('ZADD', KEYS[1], unpack(scores))
@@ -432,6 +472,14 @@ class Channel(kombu_redis.Channel):
 
     _take_queue: str | None = None
     _take_script = None
+
+    def _restore(self, message, leftmost=False):
+        """kombu's (a message put back on its queue when its channel closes), reading either form of
+        record (:func:`unacked_record`)."""
+        if not self.ack_emulation:
+            return super()._restore(message)
+        tag = message.delivery_tag
+        return _restore_recorded(self, tag, None, leftmost, lambda pipe: pipe.hdel(self.unacked_key, tag))
 
     def _deliver_all(self, payloads: list[dict], dest: str, *, recorded: bool = False) -> None:
         """Record one pop's messages (unless their queue is consumed without acks, or ``recorded``: taken

@@ -405,9 +405,11 @@ class Container:
 
 
 def reserved(broker, queue: str) -> int:
-    """Messages of ``queue`` a worker holds unacked (kombu's Redis transport: hash ``unacked``, each value
-    ``[message, exchange, routing_key]``)."""
-    return sum(1 for value in broker.hvals("unacked") if queue in json.loads(value)[1:])
+    """Messages of ``queue`` a worker holds unacked (kombu's Redis transport: hash ``unacked``; each value
+    ``[message, exchange, routing_key]`` or, from the workers' take step, the message alone)."""
+    from workers.broker import unacked_record
+
+    return sum(1 for value in broker.hvals("unacked") if queue in unacked_record(value)[1:])
 
 
 def _localise(env: dict[str, str], ports: dict[str, int]) -> dict[str, str]:

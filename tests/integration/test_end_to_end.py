@@ -20,6 +20,7 @@ from devstack.processes import kill_process, start_process, stop_process, wait_u
 from devstack.stack import start_stack, stop_stack, worker_argv, worker_ready
 from tests.integration.stack import free_port, redis_url, results_under
 from vehicle_core.config import load_settings
+from workers.broker import unacked_record
 from workers.messages import sender_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -169,7 +170,7 @@ def test_flower_pages_render_every_queue_in_chromium(stack, tmp_path):
 
 def _detect_unacked(client) -> int:
     """Messages of the detect queue delivered to a worker and not yet acked."""
-    return sum(json.loads(v)[2] == "detect" for v in client.hvals("unacked"))
+    return sum(unacked_record(v)[2] == "detect" for v in client.hvals("unacked"))
 
 
 def test_tasks_of_a_sigkilled_worker_are_redelivered_to_its_replacement(stack):

@@ -143,8 +143,8 @@ def test_on_one_list_a_pop_waits_without_taking_then_takes_and_records_in_one_st
         # the BLMOVE, then the script (Redis counts the commands it calls)
         assert _spent(client) == {"blmove": 1, "lrange": 1, "ltrim": 1, "zadd": 1, "hset": 1}
         assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8 and client.llen(QUEUE) == 12
-        for message in loop.received:  # restored to its queue through the anonymous exchange
-            assert json.loads(client.hget("unacked", message.delivery_tag)) == [message._raw, "", QUEUE]
+        for message in loop.received:  # each record is the message as it was on the queue
+            assert client.hget("unacked", message.delivery_tag) == json.dumps(message._raw).encode()
         first = list(loop.received)
         first[0].reject(requeue=True)  # back on its queue (the end of the line, as kombu requeues)
         assert client.llen(QUEUE) == 13 and not client.hexists("unacked", first[0].delivery_tag)
@@ -248,6 +248,30 @@ def test_on_one_list_a_server_without_blmove_hands_on_what_the_take_took_then_us
         finally:
             loop.close()
         assert client.llen(QUEUE) == 0
+
+
+def test_either_form_of_record_goes_back_to_its_queue_at_a_sweep(redis_server, client, caplog):
+    """kombu's record (``[message, exchange, routing_key]``: kombu, ``QoS.record_many``, an older worker)
+    and the take step's (the message alone) are both restored by the sweep once past the visibility
+    timeout; one whose exchange has no binding left goes to the queue its routing key names."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": n} for n in range(3)])
+    raws = client.lrange(QUEUE, 0, -1)
+    client.delete(QUEUE)
+    kombus, alone, unbound = (json.loads(raw) for raw in raws)
+    unbound["properties"]["delivery_info"]["exchange"] = "no-such-exchange"
+    records = {kombus["properties"]["delivery_tag"]: json.dumps([kombus, QUEUE, QUEUE]),
+               alone["properties"]["delivery_tag"]: json.dumps(alone),
+               unbound["properties"]["delivery_tag"]: json.dumps(unbound)}
+    client.hset("unacked", mapping=records)
+    client.zadd("unacked_index", {tag: time.time() - 2 * 3600 for tag in records})  # past the visibility timeout
+    with Connection(url, transport=TRANSPORT) as conn:
+        conn.default_channel.qos.restore_visible()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    back = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    assert sorted(m["properties"]["delivery_tag"] for m in back) == sorted(records)
+    assert all(m["properties"]["delivery_info"]["redelivered"] for m in back)
+    assert "no binding" in caplog.text
 
 
 def test_an_ack_just_before_the_close_is_forgotten_not_restored(redis_server, client):
