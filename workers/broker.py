@@ -346,19 +346,21 @@ def one_write(connection_class: type) -> type:
     return type(f"OneWrite{connection_class.__name__}", (OneWrite, connection_class), {})
 
 
-#: Takes up to ARGV[1] messages off the queue KEYS[3] (named ARGV[3] in errors) and records them as
-#: unacked (KEYS[1] the index, score ARGV[2]; KEYS[2] the hash, each record the message itself, restored
+#: Takes up to ARGV[1] messages off the queue KEYS[3] (named ARGV[3]) and records them as unacked (KEYS[1] the index, score ARGV[2]; KEYS[2] the hash, each record the message itself, restored
 #: where it was published to: :func:`unacked_record`) in one atomic step: a message is on its queue or
 #: recorded, never only in a reply (:meth:`Channel._take`). A payload's tag is the last
 #: ``"delivery_tag": "…"`` in its JSON's last KB (kombu's envelope ends with its properties; inside the
-#: body every quote is escaped, so the body cannot hold that text), else cjson's; a payload with none
-#: fails the step before anything is written. Every string the script makes costs Redis a hash of each of
+#: body every quote is escaped, so the body cannot hold that text), else cjson's. A payload with none is
+#: not a kombu message (pushed by hand, or by something else): it goes to the list KEYS[4]
+#: (:data:`UNREADABLE`) in the same step, where it waits for an operator, and the rest are taken; it
+#: would otherwise stay at the queue's tail and stop every take. Returns ``{messages, unreadable count}``,
+#: or nil for an empty queue. Every string the script makes costs Redis a hash of each of
 #: its bytes (a CropSet message is ~10.5 KB): the record is the LRANGE's string as it is, not kombu's
 #: ``[message, exchange, routing_key]`` built around it (docs/scale.md).
 TAKE_LUA = """
 local tail = redis.call('LRANGE', KEYS[3], -tonumber(ARGV[1]), -1)
 if #tail == 0 then return false end
-local items, scores, records = {}, {}, {}
+local items, scores, records, unreadable = {}, {}, {}, {}
 for i = #tail, 1, -1 do  -- the tail's last first, as RPOP takes them
   local payload = tail[i]
   local tag, at = nil, math.max(1, #payload - 1024)  -- the properties close the envelope: search its end
@@ -374,20 +376,27 @@ for i = #tail, 1, -1 do  -- the tail's last first, as RPOP takes them
     tag = ok and type(message) == 'table' and type(message['properties']) == 'table'
       and message['properties']['delivery_tag'] or nil
   end
-  if type(tag) ~= 'string' then  -- nothing written yet: the queue is as it was
-    return redis.error_reply('vp-take: a message on ' .. ARGV[3] .. ' has no delivery_tag')
+  if type(tag) == 'string' then
+    items[#items + 1] = payload
+    scores[#scores + 1] = ARGV[2]
+    scores[#scores + 1] = tag
+    records[#records + 1] = tag
+    records[#records + 1] = payload
+  else
+    unreadable[#unreadable + 1] = payload
   end
-  items[#items + 1] = payload
-  scores[#scores + 1] = ARGV[2]
-  scores[#scores + 1] = tag
-  records[#records + 1] = tag
-  records[#records + 1] = payload
 end
 redis.call('LTRIM', KEYS[3], 0, -(#tail + 1))
-redis.call('ZADD', KEYS[1], unpack(scores))
-redis.call('HSET', KEYS[2], unpack(records))
-return items
+if #items > 0 then
+  redis.call('ZADD', KEYS[1], unpack(scores))
+  redis.call('HSET', KEYS[2], unpack(records))
+end
+if #unreadable > 0 then redis.call('LPUSH', KEYS[4], unpack(unreadable)) end
+return {items, #unreadable}
 """
+
+#: Where the take step puts a message of a queue that has no delivery tag (not a kombu message), for an operator.
+UNREADABLE = "vp:unreadable:{queue}"
 
 #: The SHA1 that EVALSHA names :data:`TAKE_LUA` by.
 TAKE_SHA = hashlib.sha1(TAKE_LUA.encode()).hexdigest()
@@ -433,8 +442,8 @@ class Channel(kombu_redis.Channel):
         EVALSHA to send after the BLMOVE that waits (:meth:`_brpop_start`). Its score (the time the
         restore sweep counts ``broker.visibility_timeout_s`` from) is the send's, up to the BLMOVE's
         timeout (``brpop_timeout``, 1 s) before the take."""
-        return ("EVALSHA", TAKE_SHA, 3, self.unacked_index_key, self.unacked_key, queue,
-                self._pop_count(), time.time(), queue)
+        return ("EVALSHA", TAKE_SHA, 4, self.unacked_index_key, self.unacked_key, queue,
+                UNREADABLE.format(queue=queue), self._pop_count(), time.time(), queue)
 
     def _take(self, queue: str):
         """Up to a prefetch's worth of ``queue``'s messages, taken and recorded as unacked in one atomic
@@ -442,8 +451,22 @@ class Channel(kombu_redis.Channel):
         cache is empty): ``(queue, [payload, ...])``, or None when the queue is empty."""
         if self._take_script is None:
             Channel._take_script = self.client.register_script(TAKE_LUA)
-        items = self._take_script(keys=[self.unacked_index_key, self.unacked_key, queue],
+        reply = self._take_script(keys=[self.unacked_index_key, self.unacked_key, queue, UNREADABLE.format(queue=queue)],
                                   args=[self._pop_count(), time.time(), queue], client=self.client)
+        return self._taken(queue, reply)
+
+    @staticmethod
+    def _taken(queue: str, reply):
+        """``(queue, [payload, ...])`` from the take step's reply, or None when it took nothing to hand on;
+        the messages it set aside as unreadable are logged."""
+        if not reply:
+            return None
+        items, unreadable = reply
+        if unreadable:
+            key = UNREADABLE.format(queue=queue)
+            log.error("%d message(s) on queue %s without a delivery tag (not kombu messages: pushed by hand or by "
+                      "another client?) moved to the Redis list %s for an operator (redis-cli LRANGE %s 0 -1); the "
+                      "rest are taken", unreadable, queue, key, key)
         return (queue, items) if items else None
 
     def _read_take(self, queue: str, **options):
@@ -457,10 +480,10 @@ class Channel(kombu_redis.Channel):
         except redis.ResponseError as exc:  # an unknown command (Redis < 6.2), a key of another type
             wait_error = exc
         try:
-            items = client.parse_response(connection, "EVALSHA", **options)
+            reply = self._taken(queue, client.parse_response(connection, "EVALSHA", **options))
         except redis.exceptions.NoScriptError:  # a restarted server: it took nothing; load it and take
             reply = self._take(queue) if wait_error is None else None
-            items = reply[1] if reply else None
+        items = reply[1] if reply else None
         if wait_error is not None and not items:
             raise wait_error
         if wait_error is not None:  # the BLMOVE failed but the take took: hand these on

@@ -250,6 +250,30 @@ def test_on_one_list_a_server_without_blmove_hands_on_what_the_take_took_then_us
         assert client.llen(QUEUE) == 0
 
 
+def test_on_one_list_a_message_that_is_not_kombus_is_set_aside_and_the_queue_flows(redis_server, client, caplog):
+    """Something pushed by hand (no delivery tag, not even JSON) ahead of the real messages: the take
+    sets it aside for an operator, logs it, and hands the rest on; the queue is not stopped by it."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": 0}])
+    client.lpush(QUEUE, "hello from redis-cli")  # taken after n 0 (the tail is taken first)
+    _publish(url, [{"n": n} for n in range(1, 4)])
+    loop = _Loop(url, prefetch=2, options=ONE_LIST)
+    try:
+        loop.until(lambda: len(loop.received) == 4 or (len(loop.received) >= 2 and _ack_all(loop)))
+        assert [m.payload["n"] for m in loop.received] == [0, 1, 2, 3]
+        assert client.lrange(f"vp:unreadable:{QUEUE}", 0, -1) == [b"hello from redis-cli"]
+        assert client.llen(QUEUE) == 0 and "without a delivery tag" in caplog.text
+    finally:
+        loop.close()
+
+
+def _ack_all(loop) -> bool:
+    for message in loop.received:
+        if not message.acknowledged:
+            message.ack()
+    return False
+
+
 def test_either_form_of_record_goes_back_to_its_queue_at_a_sweep(redis_server, client, caplog):
     """kombu's record (``[message, exchange, routing_key]``: kombu, ``QoS.record_many``, an older worker)
     and the take step's (the message alone) are both restored by the sweep once past the visibility

@@ -111,20 +111,24 @@ def test_a_server_stopped_mid_pop_keeps_every_message_it_kept(tmp_path):
     assert lost == [], f"messages the server kept but nobody has: {lost}"
 
 
-def test_the_take_script_finds_a_tag_anywhere_and_leaves_the_queue_alone_when_one_has_none(redis_server):
+def test_the_take_script_finds_a_tag_anywhere_and_sets_aside_a_message_with_none(redis_server):
     from workers.broker import TAKE_LUA
 
     client = redis.Redis(port=redis_server.port)
     client.flushall()
     take = client.register_script(TAKE_LUA)
+    keys = ["idx", "un", "q", "unreadable"]
     far = '{"properties": {"delivery_tag": "far"}, "pad": "' + "x" * 5000 + '"}'  # not in the last KB: cjson
     near = '{"body": "{\\"delivery_tag\\": \\"body\\"}", "properties": {"delivery_tag": "near"}}'
     client.lpush("q", far, near)  # far is taken first (the tail)
-    assert take(keys=["idx", "un", "q"], args=[10, 1.5, "q"]) == [far.encode(), near.encode()]
+    assert take(keys=keys, args=[10, 1.5, "q"]) == [[far.encode(), near.encode()], 0]
     assert sorted(client.hkeys("un")) == [b"far", b"near"] and client.zscore("idx", "near") == 1.5
     assert client.hget("un", "near") == near.encode()  # the message itself, as it was on the queue
-    client.lpush("q", '{"properties": {}}', near)
-    with pytest.raises(redis.ResponseError, match="no delivery_tag"):
-        take(keys=["idx", "un", "q"], args=[10, 2.0, "q"])
-    assert client.llen("q") == 2 and client.hlen("un") == 2  # nothing taken, nothing written
+    client.delete("un", "idx")
+    # not kombu messages: set aside in the same step, the rest taken; the queue is not stopped by them
+    client.lpush("q", '{"properties": {}}', near, "not json", far)
+    assert take(keys=keys, args=[10, 2.0, "q"]) == [[near.encode(), far.encode()], 2]
+    assert client.llen("q") == 0 and sorted(client.hkeys("un")) == [b"far", b"near"]
+    assert client.lrange("unreadable", 0, -1) == [b"not json", b'{"properties": {}}']
+    assert take(keys=keys, args=[10, 3.0, "q"]) is None  # an empty queue
     client.flushall()
