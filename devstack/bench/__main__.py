@@ -1,9 +1,11 @@
-"""``python -m devstack.bench [models|pipeline|broker|s3|enqueue|backfill|inprocess] ...``: every benchmark, one entry.
+"""``python -m devstack.bench [models|pipeline|broker|take|s3|enqueue|backfill|inprocess] ...``: every benchmark, one entry.
 
     python -m devstack.bench                          # models in one process (devstack/bench/models.py)
     python -m devstack.bench pipeline --images 200    # the whole stack end to end (pipeline.py)
     python -m devstack.bench broker                   # one Redis broker's cost per image at rates up to
                                                       # its ceiling, the workers' broker code alone (broker.py)
+    python -m devstack.bench take                     # Redis CPU per message of the take step and of the
+                                                      # ways to it measured and not built (take.py)
     python -m devstack.bench s3                       # CPU per S3 GET and PUT, lean path vs boto3 (s3.py)
     python -m devstack.bench enqueue --keys 20000     # producer enqueue rate (enqueue.py; a throwaway
                                                       # redis-server unless --broker is given)
@@ -18,9 +20,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from devstack.bench import backfill, broker, enqueue, inprocess, models, pipeline, s3
+from devstack.bench import backfill, broker, enqueue, inprocess, models, pipeline, s3, take
 
-COMMANDS = ("models", "pipeline", "broker", "s3", "enqueue", "backfill", "inprocess")
+COMMANDS = ("models", "pipeline", "broker", "take", "s3", "enqueue", "backfill", "inprocess")
 
 
 def dispatch(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -39,7 +41,7 @@ def dispatch(argv: Sequence[str]) -> tuple[str, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     command, rest = dispatch(sys.argv[1:] if argv is None else argv)
     module = {"models": models, "pipeline": pipeline, "broker": broker, "enqueue": enqueue, "backfill": backfill,
-              "inprocess": inprocess, "s3": s3}[command]
+              "inprocess": inprocess, "s3": s3, "take": take}[command]
     return module.main(rest) or 0
 
 
