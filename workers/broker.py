@@ -55,6 +55,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from queue import Empty
@@ -398,6 +399,9 @@ return {items, #unreadable}
 #: Where the take step puts a message of a queue that has no delivery tag (not a kombu message), for an operator.
 UNREADABLE = "vp:unreadable:{queue}"
 
+#: A delivery tag as :data:`TAKE_LUA` finds it (the last in a message's last KB).
+_TAG = re.compile(rb'"delivery_tag": "([^"]*)"')
+
 #: The SHA1 that EVALSHA names :data:`TAKE_LUA` by.
 TAKE_SHA = hashlib.sha1(TAKE_LUA.encode()).hexdigest()
 
@@ -503,6 +507,36 @@ class Channel(kombu_redis.Channel):
             return super()._restore(message)
         tag = message.delivery_tag
         return _restore_recorded(self, tag, None, leftmost, lambda pipe: pipe.hdel(self.unacked_key, tag))
+
+    def _readable(self, items: list, dest: str, *, recorded: bool) -> list[dict]:
+        """A pop's messages as kombu envelopes. One that is not (not JSON, or no ``properties`` with a
+        ``delivery_tag``: made by hand to look like one) is set aside to :data:`UNREADABLE` with its
+        unacked record (``recorded``: the take step found a tag in it) removed, and logged; the rest are
+        handed on. Otherwise one such message would fail its whole pop, which would come back with it
+        after the visibility timeout, again and again."""
+        payloads, unreadable = [], []
+        for item in items:
+            try:
+                payload = loads(bytes_to_str(item))
+                if not isinstance(payload["properties"]["delivery_tag"], str):
+                    raise TypeError("delivery_tag is not a string")
+            except Exception:  # noqa: BLE001 - whatever it is, it is no message of ours
+                unreadable.append(item)
+                continue
+            payloads.append(payload)
+        if unreadable:
+            key = UNREADABLE.format(queue=dest)
+            raws = [raw if isinstance(raw, bytes) else raw.encode() for raw in unreadable]
+            tags = [found[-1].decode() for found in (_TAG.findall(raw[-1025:]) for raw in raws) if found]
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False).lpush(key, *unreadable)
+                if recorded and tags:
+                    pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
+                pipe.execute()
+            log.error("%d message(s) on queue %s that are not kombu messages (not JSON, or no delivery tag in their "
+                      "properties) moved to the Redis list %s for an operator; the rest are handed on",
+                      len(unreadable), dest, key)
+        return payloads
 
     def _deliver_all(self, payloads: list[dict], dest: str, *, recorded: bool = False) -> None:
         """Record one pop's messages (unless their queue is consumed without acks, or ``recorded``: taken
@@ -624,7 +658,7 @@ class Channel(kombu_redis.Channel):
             key, items = reply
             dest = bytes_to_str(key)[len(self.global_keyprefix):].rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            payloads = [loads(bytes_to_str(item)) for item in items]
+            payloads = self._readable(items, dest, recorded=self._take_queue is not None)
             self._deliver_all(payloads, dest, recorded=self._take_queue is not None)
             return True
         finally:

@@ -267,6 +267,27 @@ def test_on_one_list_a_message_that_is_not_kombus_is_set_aside_and_the_queue_flo
         loop.close()
 
 
+def test_on_one_list_a_message_made_to_look_like_kombus_is_set_aside_and_its_record_removed(redis_server, client,
+                                                                                            caplog):
+    """A tag the take finds (so it is taken and recorded) in something that is not JSON: set aside with
+    its record gone, the rest of its pop handed on, rather than the whole pop failing (and coming back
+    with it after every visibility timeout)."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    _publish(url, [{"n": 0}])
+    fake = '{"properties": {"delivery_tag": "fake-tag"}, "body": "cut sh'
+    client.lpush(QUEUE, fake)
+    _publish(url, [{"n": 1}])
+    loop = _Loop(url, prefetch=4, options=ONE_LIST)
+    try:
+        loop.until(lambda: len(loop.received) == 2)
+        assert [m.payload["n"] for m in loop.received] == [0, 1]
+        assert client.lrange(f"vp:unreadable:{QUEUE}", 0, -1) == [fake.encode()]
+        assert not client.hexists("unacked", "fake-tag") and client.zscore("unacked_index", "fake-tag") is None
+        assert client.hlen("unacked") == 2 and "not kombu messages" in caplog.text
+    finally:
+        loop.close()
+
+
 def _ack_all(loop) -> bool:
     for message in loop.received:
         if not message.acknowledged:
